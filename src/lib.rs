@@ -1,0 +1,2 @@
+//! websocks: SOCKS5 inside a WebSocket upgrade.
+pub mod proto;
