@@ -1,2 +1,15 @@
-//! websocks: SOCKS5 inside a WebSocket upgrade.
+//! websocks: SOCKS5 carried inside a WebSocket upgrade (the WebSocks
+//! protocol), server side.
+//!
+//! Layers, dependencies pointing down: `cli` → `daemon` → `server` →
+//! `relay`, `dial`, `acl` → `config` → `proto` (sans-I/O codecs).
+
+pub mod acl;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod dial;
+pub mod log;
 pub mod proto;
+pub mod relay;
+pub mod server;

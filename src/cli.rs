@@ -1,0 +1,139 @@
+//! The command line (argh) and exit codes (sysexits.h).
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use argh::FromArgs;
+
+use crate::{config, daemon, proto::auth};
+
+/// Exit codes, from sysexits.h.
+pub const EX_OK: i32 = 0;
+pub const EX_USAGE: i32 = 64;
+pub const EX_DATAERR: i32 = 65;
+pub const EX_OSERR: i32 = 71;
+pub const EX_IOERR: i32 = 74;
+pub const EX_CONFIG: i32 = 78;
+
+#[derive(FromArgs)]
+/// websocks: SOCKS5 carried inside a WebSocket upgrade.
+struct Top {
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
+    #[argh(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Cmd {
+    Server(ServerCmd),
+    Check(CheckCmd),
+    HashPassword(HashCmd),
+}
+
+#[derive(FromArgs)]
+/// Run the WebSocks server.
+#[argh(subcommand, name = "server")]
+struct ServerCmd {
+    /// configuration file (YAML)
+    #[argh(option, short = 'c')]
+    config: PathBuf,
+}
+
+#[derive(FromArgs)]
+/// Validate a configuration file and exit: 0 if valid, 78 if not.
+#[argh(subcommand, name = "check")]
+struct CheckCmd {
+    /// configuration file (YAML)
+    #[argh(option, short = 'c')]
+    config: PathBuf,
+}
+
+#[derive(FromArgs)]
+/// Read a password on stdin and print its stored digest for `password_hash`.
+#[argh(subcommand, name = "hash-password")]
+struct HashCmd {}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let args: Vec<String> = std::env::args().collect();
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let top = match Top::from_args(&["websocks"], strs.get(1..).unwrap_or(&[])) {
+        Ok(t) => t,
+        Err(early) => {
+            return match early.status {
+                Ok(()) => {
+                    println!("{}", early.output);
+                    EX_OK
+                }
+                Err(()) => {
+                    eprintln!("{}", early.output);
+                    eprintln!("Run websocks --help for usage.");
+                    EX_USAGE
+                }
+            };
+        }
+    };
+    if top.version {
+        println!("websocks {}", env!("CARGO_PKG_VERSION"));
+        return EX_OK;
+    }
+    match top.cmd {
+        None => {
+            eprintln!("websocks: a command is required (server, check, hash-password); see --help");
+            EX_USAGE
+        }
+        Some(Cmd::HashPassword(_)) => hash_password(),
+        Some(Cmd::Check(c)) => match config::load(&c.config) {
+            Ok(cfg) => {
+                let users = cfg.server.as_ref().map_or(0, |s| s.users.0.len());
+                println!("{}: ok ({users} users)", c.config.display());
+                EX_OK
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                EX_CONFIG
+            }
+        },
+        Some(Cmd::Server(c)) => {
+            let cfg = match config::load(&c.config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return EX_CONFIG;
+                }
+            };
+            crate::log::init(cfg.log_level);
+            let Some(server) = cfg.server else {
+                eprintln!("{}: no `server:` section", c.config.display());
+                return EX_CONFIG;
+            };
+            match daemon::run_server(server) {
+                Ok(()) => EX_OK,
+                Err(e) => {
+                    log::error!("{e}");
+                    EX_OSERR
+                }
+            }
+        }
+    }
+}
+
+/// `hash-password`: one line from stdin (without its line end) to digest.
+fn hash_password() -> i32 {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("websocks: cannot read stdin: {e}");
+        return EX_IOERR;
+    }
+    let pw = line.strip_suffix('\n').unwrap_or(&line);
+    let pw = pw.strip_suffix('\r').unwrap_or(pw);
+    if pw.is_empty() {
+        eprintln!("websocks: empty password");
+        return EX_DATAERR;
+    }
+    println!("{}", auth::stored_digest(pw.as_bytes()));
+    EX_OK
+}

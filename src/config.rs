@@ -1,0 +1,623 @@
+//! The YAML configuration: serde structs, named defaults, one `validate()`,
+//! and errors that name the file, line and key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+use crate::acl::{Acl, Rule};
+use crate::proto::auth;
+
+/// A configuration error: where and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `server.users[1].password`.
+    pub key: String,
+    pub msg: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.msg)
+        } else {
+            write!(f, ": {}: {}", self.key, self.msg)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A password or digest: never printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A duration written `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 10s, 500ms, 5m or 1h"))?;
+        let d = match unit.trim() {
+            "ms" => Duration::from_millis(n),
+            "" | "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(format!("`{s}` has an unknown unit (use ms, s, m or h)")),
+        };
+        Ok(Dur(d))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Dur(Duration::from_secs(n))),
+            Raw::S(s) => s.parse().map_err(de::Error::custom),
+        }
+    }
+}
+
+/// Deserializes any `FromStr` type from a YAML string, with its message.
+fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    String::deserialize(d)?.parse().map_err(de::Error::custom)
+}
+
+impl<'de> Deserialize<'de> for Rule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d)
+    }
+}
+
+/// A listen address: `127.0.0.1:8080`, `[::1]:8080`, `[::]:8080`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.trim()
+            .parse()
+            .map(Listen)
+            .map_err(|_| de::Error::custom(format!("`{s}` is not an address like 0.0.0.0:8080 or [::]:8080")))
+    }
+}
+
+/// The whole file. One file may hold several sections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// `error`, `warn`, `info` (default) or `debug`.
+    #[serde(default)]
+    pub log_level: Option<LogLevel>,
+    pub server: Option<ServerConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+/// What the server puts in BND.ADDR/BND.PORT of a success reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyAddress {
+    /// `0.0.0.0` and the requested port, byte for byte what the reference
+    /// server sends; reveals nothing about the server's network.
+    #[default]
+    Hidden,
+    /// The local address of the connection to the destination (RFC 1928
+    /// section 6).
+    Local,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<Listen>,
+    /// Users written in this file.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// A YAML file holding a list of users, read at start (and on reload).
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Connections served at once; more are closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default)]
+    pub destinations: Destinations,
+    #[serde(default)]
+    pub socks_reply_address: ReplyAddress,
+    /// Path that answers a plain `GET` (no upgrade) with `200`, for load
+    /// balancer health checks. Off by default.
+    #[serde(default)]
+    pub health_path: Option<String>,
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// From accept to a complete SOCKS5 request.
+    #[serde(default = "default_handshake")]
+    pub handshake: Dur,
+    /// Resolving and connecting to the destination.
+    #[serde(default = "default_connect")]
+    pub connect: Dur,
+    /// A tunnel with no byte either way for this long is closed.
+    #[serde(default = "default_idle")]
+    pub idle: Dur,
+}
+
+fn default_handshake() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_connect() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_idle() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: default_handshake(),
+            connect: default_connect(),
+            idle: default_idle(),
+        }
+    }
+}
+
+/// Destination access control. `allow` is checked first, then `deny`, then
+/// `default` decides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destinations {
+    #[serde(default)]
+    pub allow: Vec<Rule>,
+    #[serde(default = "default_deny")]
+    pub deny: Vec<Rule>,
+    #[serde(default)]
+    pub default: Action,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// Loopback, link-local (with the cloud metadata address 169.254.169.254 and
+/// AWS's fd00:ec2::254), "this network" and the unspecified address: what a
+/// public proxy must never let a client reach by default.
+pub const DEFAULT_DENY: &[&str] = &[
+    "127.0.0.0/8",
+    "::1/128",
+    "169.254.0.0/16",
+    "fe80::/10",
+    "0.0.0.0/8",
+    "::/128",
+    "fd00:ec2::254/128",
+];
+
+fn default_deny() -> Vec<Rule> {
+    DEFAULT_DENY.iter().map(|s| s.parse().expect("built-in rule")).collect()
+}
+
+impl Default for Destinations {
+    fn default() -> Self {
+        Destinations {
+            allow: Vec::new(),
+            deny: default_deny(),
+            default: Action::Allow,
+        }
+    }
+}
+
+impl Destinations {
+    pub fn acl(&self) -> Acl {
+        Acl {
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            default_allow: self.default == Action::Allow,
+        }
+    }
+}
+
+/// One user: a name and either the password or its stored digest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, try_from = "RawUser")]
+pub struct User {
+    pub name: String,
+    /// `base64(sha256(password))`, what the auth hash is built on.
+    pub digest: Secret,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    #[serde(default)]
+    password: Option<Secret>,
+    #[serde(default)]
+    password_hash: Option<Secret>,
+}
+
+impl TryFrom<RawUser> for User {
+    type Error = String;
+    fn try_from(r: RawUser) -> Result<Self, String> {
+        if r.name.is_empty() || r.name.contains(':') || r.name.chars().any(char::is_control) {
+            return Err(format!(
+                "user name `{}` must be non-empty, without `:` or control characters",
+                r.name.escape_default()
+            ));
+        }
+        let digest = match (r.password, r.password_hash) {
+            (Some(p), None) if !p.0.is_empty() => auth::stored_digest(p.0.as_bytes()),
+            (None, Some(h)) => {
+                let h = h.0.trim().to_string();
+                if !is_digest(&h) {
+                    return Err(format!(
+                        "user `{}`: password_hash must be the 44-character output of `websocks hash-password`",
+                        r.name
+                    ));
+                }
+                h
+            }
+            (Some(_), None) => return Err(format!("user `{}`: password is empty", r.name)),
+            (Some(_), Some(_)) => {
+                return Err(format!("user `{}`: give password or password_hash, not both", r.name));
+            }
+            (None, None) => return Err(format!("user `{}`: password or password_hash is required", r.name)),
+        };
+        Ok(User {
+            name: r.name,
+            digest: Secret(digest),
+        })
+    }
+}
+
+/// Is `s` base64 of 32 bytes, as `hash-password` prints?
+fn is_digest(s: &str) -> bool {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .is_ok_and(|b| b.len() == 32)
+}
+
+/// The users a server accepts, by name, as stored digests.
+#[derive(Clone, Default)]
+pub struct Users(pub HashMap<String, Secret>);
+
+impl fmt::Debug for Users {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Users({} entries)", self.0.len())
+    }
+}
+
+/// The server's configuration after loading and validation.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    pub users: Users,
+    pub timeouts: Timeouts,
+    pub max_connections: usize,
+    pub acl: Acl,
+    pub reply_address: ReplyAddress,
+    pub health_path: Option<String>,
+    /// Where users came from, for reloads.
+    pub users_file: Option<PathBuf>,
+    pub inline_users: Vec<User>,
+}
+
+/// A loaded, validated file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub log_level: LogLevel,
+    pub server: Option<Server>,
+}
+
+/// Turns a serde_yaml error into file, line and key.
+fn yaml_error(path: &Path, e: serde_yaml::Error) -> ConfigError {
+    let text = e.to_string();
+    // serde_yaml writes "path.to.key: message at line L column C".
+    let text = match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    };
+    let (key, msg) = match text.split_once(": ") {
+        Some((k, m)) if !k.contains(' ') => (k.to_string(), m.to_string()),
+        _ => (String::new(), text),
+    };
+    ConfigError {
+        file: path.to_path_buf(),
+        line: e.location().map(|l| l.line()),
+        key,
+        msg,
+    }
+}
+
+/// Finds the line of a dotted key path such as `server.users_file` in YAML
+/// text, for errors found after parsing. Best effort: the line of the last
+/// key's first occurrence after its parents.
+fn locate(text: &str, key: &str) -> Option<usize> {
+    let mut from = 0;
+    let mut line = None;
+    for part in key.split('.') {
+        let name = part.split('[').next().unwrap_or(part);
+        let (i, l) = text
+            .lines()
+            .enumerate()
+            .skip(from)
+            .find(|(_, l)| l.trim_start().trim_start_matches("- ").starts_with(&format!("{name}:")))?;
+        from = i + 1;
+        line = Some(i + 1);
+        let _ = l;
+    }
+    line
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        key: String::new(),
+        msg: format!("cannot read: {e}"),
+    })
+}
+
+/// Reads a users file: a YAML list of `{name, password | password_hash}`.
+pub fn load_users_file(path: &Path) -> Result<Vec<User>, ConfigError> {
+    let text = read(path)?;
+    serde_yaml::from_str::<Vec<User>>(&text).map_err(|e| yaml_error(path, e))
+}
+
+/// Merges inline users and a users file into one table; names must be unique.
+pub fn build_users(inline: &[User], file: Option<&Path>, cfg_path: &Path, cfg_text: &str) -> Result<Users, ConfigError> {
+    let mut from_file = Vec::new();
+    if let Some(f) = file {
+        from_file = load_users_file(f)?;
+    }
+    let mut map = HashMap::new();
+    for (u, origin) in inline
+        .iter()
+        .map(|u| (u, None))
+        .chain(from_file.iter().map(|u| (u, file)))
+    {
+        if map.insert(u.name.clone(), u.digest.clone()).is_some() {
+            let (fpath, text) = match origin {
+                Some(f) => (f, std::fs::read_to_string(f).unwrap_or_default()),
+                None => (cfg_path, cfg_text.to_string()),
+            };
+            return Err(ConfigError {
+                file: fpath.to_path_buf(),
+                line: text
+                    .lines()
+                    .position(|l| l.contains(&u.name) && l.contains("name"))
+                    .map(|i| i + 1),
+                key: "name".into(),
+                msg: format!("user `{}` is defined twice", u.name),
+            });
+        }
+    }
+    if map.is_empty() {
+        return Err(ConfigError {
+            file: cfg_path.to_path_buf(),
+            line: locate(cfg_text, "server"),
+            key: "server.users".into(),
+            msg: "no users: add `users:` or `users_file:` (websocks never runs an open proxy)".into(),
+        });
+    }
+    Ok(Users(map))
+}
+
+/// Loads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = read(path)?;
+    let file: File = serde_yaml::from_str(&text).map_err(|e| yaml_error(path, e))?;
+    validate(path, &text, file)
+}
+
+fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> {
+    let err = |key: &str, msg: String| ConfigError {
+        file: path.to_path_buf(),
+        line: locate(text, key),
+        key: key.to_string(),
+        msg,
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let server = match file.server {
+        None => None,
+        Some(s) => {
+            if s.listen.is_empty() {
+                return Err(err("server.listen", "at least one address is required".into()));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for l in &s.listen {
+                if !seen.insert(l.0) {
+                    return Err(err("server.listen", format!("{} is listed twice", l.0)));
+                }
+            }
+            if s.max_connections == 0 {
+                return Err(err("server.max_connections", "must be at least 1".into()));
+            }
+            for (k, d) in [
+                ("server.timeouts.handshake", s.timeouts.handshake),
+                ("server.timeouts.connect", s.timeouts.connect),
+                ("server.timeouts.idle", s.timeouts.idle),
+            ] {
+                if d.0.is_zero() {
+                    return Err(err(k, "must be longer than zero".into()));
+                }
+            }
+            if let Some(p) = &s.health_path
+                && !p.starts_with('/')
+            {
+                return Err(err("server.health_path", format!("`{p}` must start with /")));
+            }
+            let users_file = s.users_file.as_ref().map(|f| base.join(f));
+            let users = build_users(&s.users, users_file.as_deref(), path, text)?;
+            Some(Server {
+                listen: s.listen.iter().map(|l| l.0).collect(),
+                users,
+                timeouts: s.timeouts,
+                max_connections: s.max_connections,
+                acl: s.destinations.acl(),
+                reply_address: s.socks_reply_address,
+                health_path: s.health_path,
+                users_file,
+                inline_users: s.users,
+            })
+        }
+    };
+    if server.is_none() {
+        return Err(ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: String::new(),
+            msg: "nothing to run: add a `server:` section".into(),
+        });
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        log_level: file.log_level.unwrap_or(LogLevel::Info),
+        server,
+    })
+}
+
+/// Parses `IP`, `IP/len`, `IP/len:ports`, `[v6/len]:ports`, `*:ports`, where
+/// ports is `N` or `N-M`.
+impl FromStr for Rule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a rule like 10.0.0.0/8, 10.0.0.0/8:22, [fe80::/10]:443, *:25 or *:6000-6063");
+        let s = s.trim();
+        let (net, ports) = if let Some(rest) = s.strip_prefix('[') {
+            let (inner, after) = rest.split_once(']').ok_or_else(bad)?;
+            let ports = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(bad)?),
+            };
+            (Some(inner), ports)
+        } else if let Some(rest) = s.strip_prefix('*') {
+            match rest {
+                "" => (None, None),
+                p => (None, Some(p.strip_prefix(':').ok_or_else(bad)?)),
+            }
+        } else if s.matches(':').count() >= 2 {
+            (Some(s), None) // a bare IPv6 network
+        } else {
+            match s.split_once(':') {
+                Some((n, p)) => (Some(n), Some(p)),
+                None => (Some(s), None),
+            }
+        };
+        let net = match net {
+            None => None,
+            Some(n) => {
+                let (ip, len) = match n.split_once('/') {
+                    Some((ip, len)) => (ip, Some(len)),
+                    None => (n, None),
+                };
+                let ip: IpAddr = ip.parse().map_err(|_| bad())?;
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                let len: u8 = match len {
+                    None => max,
+                    Some(l) => l.parse().ok().filter(|&l| l <= max).ok_or_else(bad)?,
+                };
+                Some((ip, len))
+            }
+        };
+        let ports = match ports {
+            None => None,
+            Some(p) => {
+                let (a, b) = p.split_once('-').unwrap_or((p, p));
+                let a: u16 = a.parse().map_err(|_| bad())?;
+                let b: u16 = b.parse().map_err(|_| bad())?;
+                if a > b {
+                    return Err(bad());
+                }
+                Some((a, b))
+            }
+        };
+        Ok(Rule::new(net, ports))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!("250ms".parse::<Dur>().unwrap().0, Duration::from_millis(250));
+        assert_eq!("5m".parse::<Dur>().unwrap().0, Duration::from_secs(300));
+        assert!("5 parsecs".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn locate_keys() {
+        let t = "log_level: info\nserver:\n  listen: []\n  timeouts:\n    idle: 0s\n";
+        assert_eq!(locate(t, "server.timeouts.idle"), Some(5));
+        assert_eq!(locate(t, "server.listen"), Some(3));
+    }
+
+    #[test]
+    fn rules() {
+        for ok in ["10.0.0.0/8", "10.0.0.0/8:22", "[fe80::/10]:443", "*:25", "*:6000-6063", "::1", "1.2.3.4"] {
+            ok.parse::<Rule>().unwrap();
+        }
+        for bad in ["10.0.0.0/33", "x", "*:70000", "1.2.3.4:9-1", "[::1"] {
+            assert!(bad.parse::<Rule>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The server, one connection: HTTP upgrade, authentication, the 10-byte
+//! frame, SOCKS5, connecting to the destination, relaying, one log line.
+//!
+//! Every stage keeps the bytes it did not use: a client may send the frame,
+//! greeting, request and first data right behind its HTTP request.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_io::Timer;
+use async_net::TcpStream;
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+
+use crate::config::{ReplyAddress, Server};
+use crate::dial::{DialError, dial};
+use crate::proto::http::{self, HeadError};
+use crate::proto::socks5::{self, Addr, SocksError};
+use crate::proto::ws::{self, FrameError, UpgradeError};
+use crate::proto::{Parse, auth};
+use crate::relay::{self, Totals};
+
+/// How a connection ended before relaying, for the log line. Each variant
+/// is answered on the wire in exactly one way, chosen in [`Failure::answer`].
+#[derive(Debug)]
+enum Failure {
+    /// Client went away or sent nothing in time; nothing to answer.
+    Gone(&'static str),
+    /// Bad HTTP head.
+    Head(HeadError),
+    /// A plain GET of the health path: answered 200, not a failure really.
+    Health,
+    /// Not a WebSocks upgrade.
+    Upgrade(UpgradeError),
+    /// No or bad credentials.
+    Unauthorized(&'static str, Option<String>),
+    /// Bytes after the 101 are not PONGs and the frame.
+    Frame(FrameError),
+    /// A bad greeting, or no acceptable method.
+    Greeting(Option<SocksError>),
+    /// A bad request.
+    Request(SocksError),
+    /// BIND, UDP ASSOCIATE or an unknown command.
+    Command(u8),
+    /// The destination could not be reached.
+    Dial(DialError),
+}
+
+/// What to send before closing.
+enum Answer {
+    Nothing,
+    Http(u16, &'static str, Vec<(&'static str, &'static str)>, &'static str),
+    Socks(Vec<u8>),
+}
+
+impl Failure {
+    /// The single place where failures become bytes on the wire.
+    fn answer(&self) -> Answer {
+        use Answer::*;
+        const BAD: &str = "Bad Request";
+        let socks_reply = |rep| {
+            let mut v = Vec::new();
+            socks5::write_reply(&mut v, rep, socks5::UNSPECIFIED);
+            Socks(v)
+        };
+        match self {
+            Failure::Gone(_) | Failure::Frame(_) => Nothing,
+            Failure::Head(HeadError::TooLarge) => Http(400, BAD, vec![], "request head larger than 8 KiB\n"),
+            Failure::Head(_) => Http(400, BAD, vec![], "malformed HTTP request\n"),
+            Failure::Health => Http(200, "OK", vec![], "ok\n"),
+            Failure::Upgrade(UpgradeError::Version) => Http(
+                400,
+                BAD,
+                vec![("Sec-WebSocket-Version", "13")],
+                "unsupported WebSocket version\n",
+            ),
+            Failure::Upgrade(UpgradeError::Protocol) => {
+                Http(400, BAD, vec![], "the socks5 WebSocket subprotocol is required\n")
+            }
+            Failure::Upgrade(_) => Http(400, BAD, vec![], "a WebSocket upgrade is required\n"),
+            Failure::Unauthorized(..) => Http(
+                401,
+                "Unauthorized",
+                vec![("WWW-Authenticate", "Basic realm=\"websocks\"")],
+                "authentication required\n",
+            ),
+            Failure::Greeting(_) => Socks(vec![socks5::VERSION, socks5::METHOD_NONE_ACCEPTABLE]),
+            Failure::Request(SocksError::AddressType(_)) => socks_reply(socks5::REP_ADDRESS_TYPE_NOT_SUPPORTED),
+            Failure::Request(SocksError::EmptyDomain) => socks_reply(socks5::REP_HOST_UNREACHABLE),
+            Failure::Request(_) => socks_reply(socks5::REP_GENERAL_FAILURE),
+            Failure::Command(_) => socks_reply(socks5::REP_COMMAND_NOT_SUPPORTED),
+            Failure::Dial(e) => socks_reply(dial_reply(e)),
+        }
+    }
+}
+
+/// RFC 1928 section 6 reply code for a failed connect.
+fn dial_reply(e: &DialError) -> u8 {
+    match e {
+        DialError::Denied => socks5::REP_NOT_ALLOWED,
+        DialError::Resolve(_) => socks5::REP_HOST_UNREACHABLE,
+        DialError::Timeout => socks5::REP_TTL_EXPIRED,
+        DialError::Connect(e) => match e.kind() {
+            io::ErrorKind::ConnectionRefused => socks5::REP_CONNECTION_REFUSED,
+            io::ErrorKind::NetworkUnreachable => socks5::REP_NETWORK_UNREACHABLE,
+            io::ErrorKind::HostUnreachable => socks5::REP_HOST_UNREACHABLE,
+            io::ErrorKind::TimedOut => socks5::REP_TTL_EXPIRED,
+            _ => socks5::REP_GENERAL_FAILURE,
+        },
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Gone(why) => write!(f, "client gone: {why}"),
+            Failure::Head(e) => write!(f, "bad HTTP head: {e:?}"),
+            Failure::Health => write!(f, "health check"),
+            Failure::Upgrade(e) => write!(f, "not a WebSocks upgrade: {e:?}"),
+            Failure::Unauthorized(why, user) => match user {
+                Some(u) => write!(f, "unauthorized: {why} (user {})", u.escape_default()),
+                None => write!(f, "unauthorized: {why}"),
+            },
+            Failure::Frame(e) => write!(f, "bad WebSocket frame: {e:?}"),
+            Failure::Greeting(e) => write!(f, "SOCKS5 greeting refused: {e:?}"),
+            Failure::Request(e) => write!(f, "bad SOCKS5 request: {e:?}"),
+            Failure::Command(c) => write!(f, "unsupported SOCKS5 command {c:#04x}"),
+            Failure::Dial(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A connection's bytes in, with the handshake deadline.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    deadline: Instant,
+}
+
+impl Conn {
+    /// Reads more bytes into `buf`, or fails on EOF, error or deadline.
+    async fn more(&mut self) -> Result<(), Failure> {
+        let mut chunk = [0u8; 4096];
+        let deadline = self.deadline;
+        let n = self
+            .stream
+            .read(&mut chunk)
+            .or(async {
+                Timer::at(deadline).await;
+                Err(io::Error::from(io::ErrorKind::TimedOut))
+            })
+            .await;
+        match n {
+            Ok(0) => Err(Failure::Gone("closed during handshake")),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(Failure::Gone("handshake timed out")),
+            Err(_) => Err(Failure::Gone("read error during handshake")),
+        }
+    }
+
+    /// Runs `parse` over the buffer until it completes, reading as needed;
+    /// consumes the bytes it used.
+    async fn next<T, E>(
+        &mut self,
+        parse: impl Fn(&[u8]) -> Result<Parse<T>, E>,
+        wrap: impl Fn(E) -> Failure,
+    ) -> Result<T, Failure> {
+        loop {
+            match parse(&self.buf).map_err(&wrap)? {
+                Parse::Done(t, used) => {
+                    self.buf.drain(..used);
+                    return Ok(t);
+                }
+                Parse::Incomplete => self.more().await?,
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        let deadline = self.deadline;
+        self.stream
+            .write_all(bytes)
+            .or(async {
+                Timer::at(deadline).await;
+                Err(io::Error::from(io::ErrorKind::TimedOut))
+            })
+            .await
+            .map_err(|_| Failure::Gone("write error during handshake"))
+    }
+}
+
+/// What we know of a connection, for its log line.
+struct Record {
+    user: Option<String>,
+    dest: Option<Addr>,
+}
+
+/// Serves one accepted connection to the end and logs one line.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
+    let start = Instant::now();
+    let mut rec = Record {
+        user: None,
+        dest: None,
+    };
+    let result = handle(&stream, &cfg, &mut rec).await;
+    let user = rec.user.as_deref().unwrap_or("-");
+    let dest = rec.dest.as_ref().map(|d| d.to_string()).unwrap_or_else(|| "-".into());
+    let secs = start.elapsed().as_secs_f64();
+    match result {
+        Ok(t) => log::info!(
+            "peer={peer} user={user} dst={dest} up={} down={} duration={secs:.3}s end={}",
+            t.up,
+            t.down,
+            t.end
+        ),
+        Err(f) => {
+            let level = match f {
+                Failure::Health | Failure::Gone(_) => log::Level::Debug,
+                _ => log::Level::Info,
+            };
+            log::log!(
+                level,
+                "peer={peer} user={user} dst={dest} up=0 down=0 duration={secs:.3}s end=rejected: {f}"
+            );
+            let bytes = match f.answer() {
+                Answer::Nothing => Vec::new(),
+                Answer::Http(code, reason, headers, body) => {
+                    let mut v = Vec::new();
+                    http::write_response(&mut v, code, reason, &headers, body);
+                    v
+                }
+                Answer::Socks(v) => v,
+            };
+            close_gracefully(&stream, &bytes).await;
+        }
+    }
+}
+
+/// Sends a last answer, then half-closes and drains what the client still
+/// sends for a moment, so closing with unread input does not turn into a
+/// reset that destroys the answer before the client reads it.
+async fn close_gracefully(stream: &TcpStream, last: &[u8]) {
+    let mut s = stream.clone();
+    let work = async {
+        if !last.is_empty() {
+            s.write_all(last).await?;
+        }
+        s.shutdown(Shutdown::Write)?;
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 256 * 1024;
+        while left > 0 {
+            let n = s.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
+        io::Result::Ok(())
+    };
+    let _ = work
+        .or(async {
+            Timer::after(Duration::from_secs(2)).await;
+            Ok(())
+        })
+        .await;
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The whole pipeline up to the end of the relay.
+async fn handle(stream: &TcpStream, cfg: &Server, rec: &mut Record) -> Result<Totals, Failure> {
+    let _ = stream.set_nodelay(true);
+    let mut c = Conn {
+        stream: stream.clone(),
+        buf: Vec::with_capacity(1024),
+        deadline: Instant::now() + cfg.timeouts.handshake.0,
+    };
+
+    // 1. HTTP head.
+    let head = c.next(http::parse_request, Failure::Head).await?;
+    if head.count("Upgrade") == 0
+        && head.first == "GET"
+        && cfg.health_path.as_deref() == Some(head.second.split('?').next().unwrap_or(""))
+    {
+        return Err(Failure::Health);
+    }
+    let up = ws::check_upgrade(&head).map_err(Failure::Upgrade)?;
+
+    // 2. Credentials (spec chapter "Auth"), then the subprotocol.
+    let value = up
+        .authorization
+        .as_deref()
+        .ok_or(Failure::Unauthorized("no Authorization header", None))?;
+    let cred = auth::parse_basic(value).map_err(|_| Failure::Unauthorized("malformed Authorization", None))?;
+    let known = cfg.users.0.get(&cred.user);
+    // An unknown user costs the same hashing as a known one.
+    let digest = known.map(|s| s.0.as_str()).unwrap_or("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    let ok = auth::verify(&cred.field, digest, now_ms());
+    match (known, ok) {
+        (Some(_), true) => rec.user = Some(cred.user),
+        (None, _) => return Err(Failure::Unauthorized("unknown user", Some(cred.user))),
+        (Some(_), false) => {
+            return Err(Failure::Unauthorized("wrong or expired password hash", Some(cred.user)));
+        }
+    }
+    if !up.socks5_offered {
+        return Err(Failure::Upgrade(UpgradeError::Protocol));
+    }
+    let mut out = Vec::with_capacity(256);
+    ws::write_switching(&mut out, &up.key);
+    c.send(&out).await?;
+
+    // 3. PONGs, then the 10-byte frame; answer with ours (and the method
+    // choice too when the greeting is already here, as the reference does).
+    c.next(ws::parse_client_preamble, Failure::Frame).await?;
+    out.clear();
+    out.extend_from_slice(&ws::FRAME);
+    if matches!(socks5::parse_greeting(&c.buf), Ok(Parse::Incomplete)) {
+        c.send(&out).await?;
+        out.clear();
+    }
+
+    // 4. SOCKS5 greeting: no authentication (the upgrade authenticated).
+    let greeting = c.next(socks5::parse_greeting, |e| Failure::Greeting(Some(e))).await;
+    let greeting = match greeting {
+        Ok(g) => g,
+        Err(f) => {
+            c.send(&out).await?;
+            return Err(f);
+        }
+    };
+    if !greeting.methods.contains(&socks5::METHOD_NO_AUTH) {
+        c.send(&out).await?;
+        return Err(Failure::Greeting(None));
+    }
+    socks5::write_choice(&mut out, socks5::METHOD_NO_AUTH);
+    c.send(&out).await?;
+
+    // 5. The request.
+    let req = c.next(socks5::parse_request, Failure::Request).await?;
+    rec.dest = Some(req.addr.clone());
+    if req.cmd != socks5::CMD_CONNECT {
+        return Err(Failure::Command(req.cmd));
+    }
+
+    // 6. Connect, and only then answer.
+    let mut dest = dial(&req.addr, &cfg.acl, cfg.timeouts.connect.0).await.map_err(Failure::Dial)?;
+    let bound = match cfg.reply_address {
+        ReplyAddress::Hidden => SocketAddr::new(socks5::UNSPECIFIED.ip(), req.addr.port()),
+        ReplyAddress::Local => dest.local_addr().unwrap_or(socks5::UNSPECIFIED),
+    };
+    out.clear();
+    socks5::write_reply(&mut out, socks5::REP_SUCCEEDED, bound);
+    c.send(&out).await?;
+
+    // 7. Relay, starting with whatever the client sent early.
+    let early = std::mem::take(&mut c.buf);
+    if !early.is_empty() {
+        if let Err(e) = (&mut dest).write_all(&early).await {
+            return Ok(Totals {
+                up: 0,
+                down: 0,
+                end: relay::End::DestError(e.kind()),
+            });
+        }
+    }
+    let mut t = relay::relay(stream, &dest, cfg.timeouts.idle.0).await;
+    t.up += early.len() as u64;
+    Ok(t)
+}

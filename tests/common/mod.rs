@@ -1,0 +1,284 @@
+//! Shared test harness: spawn the real `websocks` binary on loopback port 0,
+//! scripted WebSocks clients over blocking sockets, and small destinations.
+//! Every socket operation is bounded by a timeout.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use websocks::proto::{Parse, auth, http, socks5, ws};
+
+/// Per-operation timeout for test sockets.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The transcripts' user.
+pub const USER: &str = "alice";
+pub const PASS: &str = "pasSw0rD";
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "websocks-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Server config for tests: loopback listener on port 0, user alice, and
+/// loopback destinations allowed (the default policy denies them).
+pub fn server_yaml(extra: &str) -> String {
+    format!(
+        "log_level: debug\nserver:\n  listen: [\"127.0.0.1:0\"]\n  users:\n    - name: {USER}\n      password: {PASS}\n\
+         {extra}"
+    )
+}
+
+pub const ALLOW_LOOPBACK: &str = "  destinations:\n    allow: [\"127.0.0.0/8\", \"::1\"]\n";
+
+/// A running `websocks` process; killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub addrs: Vec<SocketAddr>,
+    pub dir: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Writes `yaml` to a temp file and runs `websocks server -c` on it,
+    /// waiting for every "listening on" line.
+    pub fn server(yaml: &str) -> Daemon {
+        Self::start(&["server"], yaml, 1)
+    }
+
+    pub fn start(args: &[&str], yaml: &str, listeners: usize) -> Daemon {
+        let dir = temp_dir();
+        let cfg = dir.join("websocks.yaml");
+        std::fs::write(&cfg, yaml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_websocks"))
+            .args(args)
+            .arg("-c")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn websocks");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(a.trim().parse::<SocketAddr>().unwrap());
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let mut addrs = Vec::new();
+        for _ in 0..listeners {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(a) => addrs.push(a),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("websocks did not start; log: {:?}", log.lock().unwrap());
+                }
+            }
+        }
+        Daemon { child, addrs, dir, log }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Waits up to 5 s for a log line containing every one of `parts`.
+    pub fn wait_log(&self, parts: &[&str]) -> String {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(l) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return l.clone();
+            }
+            if Instant::now() > end {
+                panic!("no log line with {parts:?}; log: {:#?}", self.log.lock().unwrap());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Asserts the process is still running.
+    pub fn assert_alive(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "websocks exited");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// `Authorization` value for the current minute (plus `skew` minutes).
+pub fn authorization(user: &str, pass: &str, skew: i64) -> String {
+    let minute = auth::minute_of(now_ms()) as i64 + skew * auth::MINUTE_MS as i64;
+    auth::authorization(user, &auth::stored_digest(pass.as_bytes()), minute as u64)
+}
+
+/// A valid upgrade request for alice, with the RFC 6455 example key.
+pub fn upgrade_request() -> Vec<u8> {
+    let mut v = Vec::new();
+    http::write_upgrade_request(&mut v, "/", "null", "dGhlIHNhbXBsZSBub25jZQ==", &authorization(USER, PASS, 0));
+    v
+}
+
+/// Connects with timeouts set.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Reads until EOF (or the timeout, which fails the test).
+pub fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    let mut v = Vec::new();
+    s.read_to_end(&mut v).expect("read to EOF");
+    v
+}
+
+/// Reads an HTTP response head; returns (head, leftover bytes).
+pub fn read_head(s: &mut TcpStream) -> (http::Head, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Parse::Done(h, used) = http::parse_response(&buf).expect("valid response head") {
+            return (h, buf[used..].to_vec());
+        }
+        let n = s.read(&mut chunk).expect("read response");
+        assert!(n > 0, "EOF before response head; got {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads exactly `n` bytes, after `have`.
+pub fn read_exact_after(s: &mut TcpStream, mut have: Vec<u8>, n: usize) -> Vec<u8> {
+    while have.len() < n {
+        let mut chunk = vec![0u8; n - have.len()];
+        let k = s.read(&mut chunk).expect("read");
+        assert!(k > 0, "EOF after {} of {n} bytes: {have:02x?}", have.len());
+        have.extend_from_slice(&chunk[..k]);
+    }
+    have
+}
+
+/// The frame, method choice and a request for `dest`, as one write.
+pub fn socks_preamble(dest: &socks5::Addr) -> Vec<u8> {
+    let mut v = ws::FRAME.to_vec();
+    socks5::write_greeting(&mut v, &[socks5::METHOD_NO_AUTH]);
+    socks5::write_connect(&mut v, dest);
+    v
+}
+
+/// Opens a whole tunnel to `dest` and asserts success; returns the stream.
+pub fn tunnel(server: SocketAddr, dest: SocketAddr) -> TcpStream {
+    let mut s = connect(server);
+    s.write_all(&upgrade_request()).unwrap();
+    let (h, rest) = read_head(&mut s);
+    assert_eq!(h.second, "101");
+    s.write_all(&socks_preamble(&socks5::Addr::Ip(dest))).unwrap();
+    let got = read_exact_after(&mut s, rest, 12 + 10);
+    assert_eq!(&got[..12], &[0x82, 0x7f, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 5, 0]);
+    assert_eq!(got[12..14], [5, 0], "reply {:02x?}", &got[12..]);
+    assert_eq!(got.len(), 22, "no data may follow the reply yet");
+    s
+}
+
+/// Runs the handshake for `dest` and returns the SOCKS5 reply code and
+/// the stream.
+pub fn tunnel_reply(server: SocketAddr, dest: &socks5::Addr) -> (u8, Vec<u8>, TcpStream) {
+    let mut s = connect(server);
+    s.write_all(&upgrade_request()).unwrap();
+    let (h, rest) = read_head(&mut s);
+    assert_eq!(h.second, "101");
+    s.write_all(&socks_preamble(dest)).unwrap();
+    let got = read_exact_after(&mut s, rest, 12 + 4);
+    assert_eq!(&got[10..12], &[5, 0]);
+    let mut reply = got[12..].to_vec();
+    // Read the rest of the reply (IPv4 bound address in our replies).
+    reply = read_exact_after(&mut s, reply, 10);
+    (reply[1], reply, s)
+}
+
+/// An echo destination: every byte back, FIN after FIN.
+pub fn echo_server() -> SocketAddr {
+    serve_each(|mut s| {
+        let mut buf = [0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = s.shutdown(Shutdown::Write);
+    })
+}
+
+/// A destination running `f` on each accepted connection in its own thread.
+/// The listener thread ends with the test process.
+pub fn serve_each(f: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    let f = Arc::new(f);
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+            let f = f.clone();
+            thread::spawn(move || f(s));
+        }
+    });
+    a
+}
+
+/// A loopback port with nothing listening (bound then closed).
+pub fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Asserts the server still serves a full tunnel afterwards.
+pub fn assert_still_serving(server: SocketAddr) {
+    let echo = echo_server();
+    let mut s = tunnel(server, echo);
+    s.write_all(b"still alive").unwrap();
+    let got = read_exact_after(&mut s, Vec::new(), 11);
+    assert_eq!(got, b"still alive");
+}
