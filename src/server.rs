@@ -319,9 +319,18 @@ async fn handle(stream: &TcpStream, cfg: &Server, rec: &mut Record) -> Result<To
     ws::write_switching(&mut out, &up.key);
     c.send(&out).await?;
 
-    // 3. PONGs, then the 10-byte frame; answer with ours (and the method
-    // choice too when the greeting is already here, as the reference does).
-    c.next(ws::parse_client_preamble, Failure::Frame).await?;
+    // 3. PONGs, then the 10-byte frame. A pooled connection may sit here
+    // for long, kept alive by a PONG now and then: each wait is bounded by
+    // the idle timeout, not the handshake's.
+    loop {
+        c.deadline = Instant::now() + cfg.timeouts.idle.0;
+        if c.next(ws::parse_preamble, Failure::Frame).await? == ws::Preamble::Frame {
+            break;
+        }
+    }
+    c.deadline = Instant::now() + cfg.timeouts.handshake.0;
+    // Answer with our frame (and the method choice too when the greeting
+    // is already here, as the reference does).
     out.clear();
     out.extend_from_slice(&ws::FRAME);
     if matches!(socks5::parse_greeting(&c.buf), Ok(Parse::Incomplete)) {

@@ -137,34 +137,30 @@ pub enum FrameError {
     BadFrame,
 }
 
-/// Skips any number of `8A 00` PONGs and takes the 10-byte frame.
-/// `Done(pongs, used)`.
-pub fn parse_client_preamble(buf: &[u8]) -> Result<Parse<usize>, FrameError> {
-    let mut at = 0;
-    let mut pongs = 0;
-    loop {
-        let rest = &buf[at..];
-        let Some(&b0) = rest.first() else {
-            return Ok(Parse::Incomplete);
-        };
-        if b0 & 0x08 != 0 {
-            // Opcodes 8-15 are control frames (RFC 6455 5.5): only the spec's fixed PONG is allowed.
-            match rest.get(1) {
-                None => return Ok(Parse::Incomplete),
-                Some(&0x00) if b0 == 0x8a => {
-                    at += 2;
-                    pongs += 1;
-                    continue;
-                }
-                Some(_) => return Err(FrameError::BadPong),
-            }
-        }
-        return match check_frame(rest) {
-            Ok(Parse::Done((), n)) => Ok(Parse::Done(pongs, at + n)),
-            Ok(Parse::Incomplete) => Ok(Parse::Incomplete),
-            Err(e) => Err(e),
+/// One item of what a client sends between the 101 and SOCKS5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preamble {
+    /// The `8A 00` keepalive of a pooled connection.
+    Pong,
+    /// The 10-byte frame: SOCKS5 follows.
+    Frame,
+}
+
+/// Parses one PONG or the frame. The caller repeats until `Frame`.
+pub fn parse_preamble(buf: &[u8]) -> Result<Parse<Preamble>, FrameError> {
+    let Some(&b0) = buf.first() else {
+        return Ok(Parse::Incomplete);
+    };
+    if b0 & 0x08 != 0 {
+        // Opcodes 8-15 are control frames (RFC 6455 5.5): only the spec's
+        // fixed PONG is allowed.
+        return match buf.get(1) {
+            None => Ok(Parse::Incomplete),
+            Some(&0x00) if b0 == 0x8a => Ok(Parse::Done(Preamble::Pong, 2)),
+            Some(_) => Err(FrameError::BadPong),
         };
     }
+    Ok(check_frame(buf)?.map(|()| Preamble::Frame))
 }
 
 /// Validates one 10-byte frame header, as the agent does with the server's.
@@ -200,17 +196,18 @@ mod tests {
     #[test]
     fn preamble() {
         let mut b = PONG.to_vec();
-        b.extend_from_slice(&PONG);
         b.extend_from_slice(&FRAME);
         b.push(5);
-        assert_eq!(parse_client_preamble(&b), Ok(Parse::Done(2, 14)));
-        for n in 0..14 {
-            assert_eq!(parse_client_preamble(&b[..n]), Ok(Parse::Incomplete), "at {n}");
+        assert_eq!(parse_preamble(&b), Ok(Parse::Done(Preamble::Pong, 2)));
+        assert_eq!(parse_preamble(&b[2..]), Ok(Parse::Done(Preamble::Frame, 10)));
+        assert_eq!(parse_preamble(&b[..1]), Ok(Parse::Incomplete));
+        for n in 2..12 {
+            assert_eq!(parse_preamble(&b[2..n]), Ok(Parse::Incomplete), "at {n}");
         }
-        assert_eq!(parse_client_preamble(&[0x8a, 0x01, 0x41]), Err(FrameError::BadPong));
-        assert_eq!(parse_client_preamble(&[0x0a, 0x00]), Err(FrameError::BadPong));
-        assert_eq!(parse_client_preamble(&[0x81]), Err(FrameError::BadFrame));
-        assert_eq!(parse_client_preamble(&[0x82, 0xff]), Err(FrameError::BadFrame));
-        assert_eq!(parse_client_preamble(&[0; 10]), Err(FrameError::BadFrame));
+        assert_eq!(parse_preamble(&[0x8a, 0x01, 0x41]), Err(FrameError::BadPong));
+        assert_eq!(parse_preamble(&[0x0a, 0x00]), Err(FrameError::BadPong));
+        assert_eq!(parse_preamble(&[0x81]), Err(FrameError::BadFrame));
+        assert_eq!(parse_preamble(&[0x82, 0xff]), Err(FrameError::BadFrame));
+        assert_eq!(parse_preamble(&[0; 10]), Err(FrameError::BadFrame));
     }
 }
