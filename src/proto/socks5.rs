@@ -79,8 +79,17 @@ impl std::fmt::Display for Addr {
         match self {
             Addr::Ip(sa) => write!(f, "{sa}"),
             Addr::Domain(name, port) => {
-                // Peer-supplied names are logged escaped, never raw.
-                write!(f, "{}:{port}", name.escape_ascii())
+                // Peer-supplied names are shown escaped, never raw: anything
+                // but printable ASCII (space included) becomes \xNN, so a
+                // log line stays one line of key=value words.
+                for &b in name {
+                    if b.is_ascii_graphic() && b != b'\\' {
+                        write!(f, "{}", b as char)?;
+                    } else {
+                        write!(f, "\\x{b:02x}")?;
+                    }
+                }
+                write!(f, ":{port}")
             }
         }
     }
