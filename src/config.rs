@@ -62,7 +62,9 @@ impl FromStr for Dur {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 10s, 500ms, 5m or 1h"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration like 10s, 500ms, 5m or 1h"))?;
         let d = match unit.trim() {
             "ms" => Duration::from_millis(n),
             "" | "s" => Duration::from_secs(n),
@@ -111,10 +113,11 @@ pub struct Listen(pub SocketAddr);
 impl<'de> Deserialize<'de> for Listen {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.trim()
-            .parse()
-            .map(Listen)
-            .map_err(|_| de::Error::custom(format!("`{s}` is not an address like 0.0.0.0:8080 or [::]:8080")))
+        s.trim().parse().map(Listen).map_err(|_| {
+            de::Error::custom(format!(
+                "`{s}` is not an address like 0.0.0.0:8080 or [::]:8080"
+            ))
+        })
     }
 }
 
@@ -249,7 +252,10 @@ pub const DEFAULT_DENY: &[&str] = &[
 ];
 
 fn default_deny() -> Vec<Rule> {
-    DEFAULT_DENY.iter().map(|s| s.parse().expect("built-in rule")).collect()
+    DEFAULT_DENY
+        .iter()
+        .map(|s| s.parse().expect("built-in rule"))
+        .collect()
 }
 
 impl Default for Destinations {
@@ -314,9 +320,17 @@ impl TryFrom<RawUser> for User {
             }
             (Some(_), None) => return Err(format!("user `{}`: password is empty", r.name)),
             (Some(_), Some(_)) => {
-                return Err(format!("user `{}`: give password or password_hash, not both", r.name));
+                return Err(format!(
+                    "user `{}`: give password or password_hash, not both",
+                    r.name
+                ));
             }
-            (None, None) => return Err(format!("user `{}`: password or password_hash is required", r.name)),
+            (None, None) => {
+                return Err(format!(
+                    "user `{}`: password or password_hash is required",
+                    r.name
+                ));
+            }
         };
         Ok(User {
             name: r.name,
@@ -394,11 +408,11 @@ fn locate(text: &str, key: &str) -> Option<usize> {
     let mut line = None;
     for part in key.split('.') {
         let name = part.split('[').next().unwrap_or(part);
-        let (i, l) = text
-            .lines()
-            .enumerate()
-            .skip(from)
-            .find(|(_, l)| l.trim_start().trim_start_matches("- ").starts_with(&format!("{name}:")))?;
+        let (i, l) = text.lines().enumerate().skip(from).find(|(_, l)| {
+            l.trim_start()
+                .trim_start_matches("- ")
+                .starts_with(&format!("{name}:"))
+        })?;
         from = i + 1;
         line = Some(i + 1);
         let _ = l;
@@ -422,7 +436,12 @@ pub fn load_users_file(path: &Path) -> Result<Vec<User>, ConfigError> {
 }
 
 /// Merges inline users and a users file into one table; names must be unique.
-pub fn build_users(inline: &[User], file: Option<&Path>, cfg_path: &Path, cfg_text: &str) -> Result<Users, ConfigError> {
+pub fn build_users(
+    inline: &[User],
+    file: Option<&Path>,
+    cfg_path: &Path,
+    cfg_text: &str,
+) -> Result<Users, ConfigError> {
     let mut from_file = Vec::new();
     if let Some(f) = file {
         from_file = load_users_file(f)?;
@@ -454,7 +473,8 @@ pub fn build_users(inline: &[User], file: Option<&Path>, cfg_path: &Path, cfg_te
             file: cfg_path.to_path_buf(),
             line: locate(cfg_text, "server"),
             key: "server.users".into(),
-            msg: "no users: add `users:` or `users_file:` (websocks never runs an open proxy)".into(),
+            msg: "no users: add `users:` or `users_file:` (websocks never runs an open proxy)"
+                .into(),
         });
     }
     Ok(Users(map))
@@ -479,7 +499,10 @@ fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> 
         None => None,
         Some(s) => {
             if s.listen.is_empty() {
-                return Err(err("server.listen", "at least one address is required".into()));
+                return Err(err(
+                    "server.listen",
+                    "at least one address is required".into(),
+                ));
             }
             let mut seen = std::collections::HashSet::new();
             for l in &s.listen {
@@ -502,7 +525,10 @@ fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> 
             if let Some(p) = &s.health_path
                 && !p.starts_with('/')
             {
-                return Err(err("server.health_path", format!("`{p}` must start with /")));
+                return Err(err(
+                    "server.health_path",
+                    format!("`{p}` must start with /"),
+                ));
             }
             let users_file = s.users_file.as_ref().map(|f| base.join(f));
             let users = build_users(&s.users, users_file.as_deref(), path, text)?;
@@ -539,7 +565,11 @@ fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> 
 impl FromStr for Rule {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not a rule like 10.0.0.0/8, 10.0.0.0/8:22, [fe80::/10]:443, *:25 or *:6000-6063");
+        let bad = || {
+            format!(
+                "`{s}` is not a rule like 10.0.0.0/8, 10.0.0.0/8:22, [fe80::/10]:443, *:25 or *:6000-6063"
+            )
+        };
         let s = s.trim();
         let (net, ports) = if let Some(rest) = s.strip_prefix('[') {
             let (inner, after) = rest.split_once(']').ok_or_else(bad)?;
@@ -599,7 +629,10 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!("250ms".parse::<Dur>().unwrap().0, Duration::from_millis(250));
+        assert_eq!(
+            "250ms".parse::<Dur>().unwrap().0,
+            Duration::from_millis(250)
+        );
         assert_eq!("5m".parse::<Dur>().unwrap().0, Duration::from_secs(300));
         assert!("5 parsecs".parse::<Dur>().is_err());
     }
@@ -613,7 +646,15 @@ mod tests {
 
     #[test]
     fn rules() {
-        for ok in ["10.0.0.0/8", "10.0.0.0/8:22", "[fe80::/10]:443", "*:25", "*:6000-6063", "::1", "1.2.3.4"] {
+        for ok in [
+            "10.0.0.0/8",
+            "10.0.0.0/8:22",
+            "[fe80::/10]:443",
+            "*:25",
+            "*:6000-6063",
+            "::1",
+            "1.2.3.4",
+        ] {
             ok.parse::<Rule>().unwrap();
         }
         for bad in ["10.0.0.0/33", "x", "*:70000", "1.2.3.4:9-1", "[::1"] {

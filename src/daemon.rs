@@ -23,7 +23,9 @@ pub struct Slot(Arc<Slots>);
 
 impl Slots {
     pub fn new() -> Slots {
-        Slots { live: AtomicUsize::new(0) }
+        Slots {
+            live: AtomicUsize::new(0),
+        }
     }
 
     pub fn live(&self) -> usize {
@@ -33,7 +35,9 @@ impl Slots {
     /// Takes a slot unless `max` are in use.
     pub fn take(self: &Arc<Self>, max: usize) -> Option<Slot> {
         self.live
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| Slot(self.clone()))
     }
@@ -54,11 +58,21 @@ impl Drop for Slot {
 /// Accept errors that mean "out of a resource for now" rather than "this
 /// one connection failed": back off instead of spinning.
 fn is_resource_error(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(23 /* ENFILE */ | 24 /* EMFILE */ | 12 /* ENOMEM */ | 105 /* ENOBUFS */))
+    matches!(
+        e.raw_os_error(),
+        Some(
+            23 /* ENFILE */ | 24 /* EMFILE */ | 12 /* ENOMEM */ | 105 /* ENOBUFS */
+        )
+    )
 }
 
 /// Accepts on `listener` forever, spawning one task per connection.
-pub async fn accept_loop(ex: Arc<Executor<'static>>, listener: TcpListener, cfg: Arc<Server>, slots: Arc<Slots>) {
+pub async fn accept_loop(
+    ex: Arc<Executor<'static>>,
+    listener: TcpListener,
+    cfg: Arc<Server>,
+    slots: Arc<Slots>,
+) {
     let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -107,7 +121,9 @@ pub async fn bind_all(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
 /// Runs the server until the process is killed.
 pub fn run_server(cfg: Server) -> io::Result<()> {
     let ex = Arc::new(Executor::new());
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     for i in 1..threads {
         let ex = ex.clone();
         std::thread::Builder::new()

@@ -42,18 +42,33 @@ pub async fn resolve(addr: &Addr) -> Result<Vec<SocketAddr>, DialError> {
     match addr {
         Addr::Ip(sa) => Ok(vec![*sa]),
         Addr::Domain(name, port) => {
-            let name = std::str::from_utf8(name)
-                .map_err(|_| DialError::Resolve(io::Error::new(io::ErrorKind::InvalidInput, "name is not UTF-8")))?;
-            let bare = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(name);
+            let name = std::str::from_utf8(name).map_err(|_| {
+                DialError::Resolve(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "name is not UTF-8",
+                ))
+            })?;
+            let bare = name
+                .strip_prefix('[')
+                .and_then(|n| n.strip_suffix(']'))
+                .unwrap_or(name);
             if let Ok(ip) = bare.parse() {
                 return Ok(vec![SocketAddr::new(ip, *port)]);
             }
             if name.is_empty() || name.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-                return Err(DialError::Resolve(io::Error::new(io::ErrorKind::InvalidInput, "invalid name")));
+                return Err(DialError::Resolve(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "invalid name",
+                )));
             }
-            let found = async_net::resolve((name, *port)).await.map_err(DialError::Resolve)?;
+            let found = async_net::resolve((name, *port))
+                .await
+                .map_err(DialError::Resolve)?;
             if found.is_empty() {
-                return Err(DialError::Resolve(io::Error::new(io::ErrorKind::NotFound, "no addresses")));
+                return Err(DialError::Resolve(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "no addresses",
+                )));
             }
             Ok(found)
         }
@@ -84,7 +99,9 @@ pub async fn dial(addr: &Addr, acl: &Acl, timeout: Duration) -> Result<TcpStream
                 Err(e) => last = Some(e),
             }
         }
-        Err(DialError::Connect(last.unwrap_or_else(|| io::Error::other("no address"))))
+        Err(DialError::Connect(
+            last.unwrap_or_else(|| io::Error::other("no address")),
+        ))
     };
     attempt
         .or(async {

@@ -71,7 +71,9 @@ async fn pump(
             let _ = to.shutdown(Shutdown::Write);
             return Ok(());
         }
-        to.write_all(&buf[..n]).await.map_err(|e| (Side::Writer, e))?;
+        to.write_all(&buf[..n])
+            .await
+            .map_err(|e| (Side::Writer, e))?;
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -115,7 +117,9 @@ pub async fn relay(client: &TcpStream, dest: &TcpStream, idle: Duration) -> Tota
     };
     let watchdog = async {
         loop {
-            let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            let quiet = epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
             if quiet >= idle {
                 kill();
                 return End::Idle;

@@ -50,7 +50,12 @@ enum Failure {
 /// What to send before closing.
 enum Answer {
     Nothing,
-    Http(u16, &'static str, Vec<(&'static str, &'static str)>, &'static str),
+    Http(
+        u16,
+        &'static str,
+        Vec<(&'static str, &'static str)>,
+        &'static str,
+    ),
     Socks(Vec<u8>),
 }
 
@@ -66,7 +71,9 @@ impl Failure {
         };
         match self {
             Failure::Gone(_) | Failure::Frame(_) => Nothing,
-            Failure::Head(HeadError::TooLarge) => Http(400, BAD, vec![], "request head larger than 8 KiB\n"),
+            Failure::Head(HeadError::TooLarge) => {
+                Http(400, BAD, vec![], "request head larger than 8 KiB\n")
+            }
             Failure::Head(_) => Http(400, BAD, vec![], "malformed HTTP request\n"),
             Failure::Health => Http(200, "OK", vec![], "ok\n"),
             Failure::Upgrade(UpgradeError::Version) => Http(
@@ -75,9 +82,12 @@ impl Failure {
                 vec![("Sec-WebSocket-Version", "13")],
                 "unsupported WebSocket version\n",
             ),
-            Failure::Upgrade(UpgradeError::Protocol) => {
-                Http(400, BAD, vec![], "the socks5 WebSocket subprotocol is required\n")
-            }
+            Failure::Upgrade(UpgradeError::Protocol) => Http(
+                400,
+                BAD,
+                vec![],
+                "the socks5 WebSocket subprotocol is required\n",
+            ),
             Failure::Upgrade(_) => Http(400, BAD, vec![], "a WebSocket upgrade is required\n"),
             Failure::Unauthorized(..) => Http(
                 401,
@@ -86,7 +96,9 @@ impl Failure {
                 "authentication required\n",
             ),
             Failure::Greeting(_) => Socks(vec![socks5::VERSION, socks5::METHOD_NONE_ACCEPTABLE]),
-            Failure::Request(SocksError::AddressType(_)) => socks_reply(socks5::REP_ADDRESS_TYPE_NOT_SUPPORTED),
+            Failure::Request(SocksError::AddressType(_)) => {
+                socks_reply(socks5::REP_ADDRESS_TYPE_NOT_SUPPORTED)
+            }
             Failure::Request(SocksError::EmptyDomain) => socks_reply(socks5::REP_HOST_UNREACHABLE),
             Failure::Request(_) => socks_reply(socks5::REP_GENERAL_FAILURE),
             Failure::Command(_) => socks_reply(socks5::REP_COMMAND_NOT_SUPPORTED),
@@ -157,7 +169,9 @@ impl Conn {
                 self.buf.extend_from_slice(&chunk[..n]);
                 Ok(())
             }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(Failure::Gone("handshake timed out")),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                Err(Failure::Gone("handshake timed out"))
+            }
             Err(_) => Err(Failure::Gone("read error during handshake")),
         }
     }
@@ -208,7 +222,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
     };
     let result = handle(&stream, &cfg, &mut rec).await;
     let user = rec.user.as_deref().unwrap_or("-");
-    let dest = rec.dest.as_ref().map(|d| d.to_string()).unwrap_or_else(|| "-".into());
+    let dest = rec
+        .dest
+        .as_ref()
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| "-".into());
     let secs = start.elapsed().as_secs_f64();
     match result {
         Ok(t) => log::info!(
@@ -300,16 +318,22 @@ async fn handle(stream: &TcpStream, cfg: &Server, rec: &mut Record) -> Result<To
         .authorization
         .as_deref()
         .ok_or(Failure::Unauthorized("no Authorization header", None))?;
-    let cred = auth::parse_basic(value).map_err(|_| Failure::Unauthorized("malformed Authorization", None))?;
+    let cred = auth::parse_basic(value)
+        .map_err(|_| Failure::Unauthorized("malformed Authorization", None))?;
     let known = cfg.users.0.get(&cred.user);
     // An unknown user costs the same hashing as a known one.
-    let digest = known.map(|s| s.0.as_str()).unwrap_or("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    let digest = known
+        .map(|s| s.0.as_str())
+        .unwrap_or("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
     let ok = auth::verify(&cred.field, digest, now_ms());
     match (known, ok) {
         (Some(_), true) => rec.user = Some(cred.user),
         (None, _) => return Err(Failure::Unauthorized("unknown user", Some(cred.user))),
         (Some(_), false) => {
-            return Err(Failure::Unauthorized("wrong or expired password hash", Some(cred.user)));
+            return Err(Failure::Unauthorized(
+                "wrong or expired password hash",
+                Some(cred.user),
+            ));
         }
     }
     if !up.socks5_offered {
@@ -339,7 +363,9 @@ async fn handle(stream: &TcpStream, cfg: &Server, rec: &mut Record) -> Result<To
     }
 
     // 4. SOCKS5 greeting: no authentication (the upgrade authenticated).
-    let greeting = c.next(socks5::parse_greeting, |e| Failure::Greeting(Some(e))).await;
+    let greeting = c
+        .next(socks5::parse_greeting, |e| Failure::Greeting(Some(e)))
+        .await;
     let greeting = match greeting {
         Ok(g) => g,
         Err(f) => {
@@ -362,7 +388,9 @@ async fn handle(stream: &TcpStream, cfg: &Server, rec: &mut Record) -> Result<To
     }
 
     // 6. Connect, and only then answer.
-    let mut dest = dial(&req.addr, &cfg.acl, cfg.timeouts.connect.0).await.map_err(Failure::Dial)?;
+    let mut dest = dial(&req.addr, &cfg.acl, cfg.timeouts.connect.0)
+        .await
+        .map_err(Failure::Dial)?;
     let bound = match cfg.reply_address {
         ReplyAddress::Hidden => SocketAddr::new(socks5::UNSPECIFIED.ip(), req.addr.port()),
         ReplyAddress::Local => dest.local_addr().unwrap_or(socks5::UNSPECIFIED),
@@ -373,14 +401,14 @@ async fn handle(stream: &TcpStream, cfg: &Server, rec: &mut Record) -> Result<To
 
     // 7. Relay, starting with whatever the client sent early.
     let early = std::mem::take(&mut c.buf);
-    if !early.is_empty() {
-        if let Err(e) = (&mut dest).write_all(&early).await {
-            return Ok(Totals {
-                up: 0,
-                down: 0,
-                end: relay::End::DestError(e.kind()),
-            });
-        }
+    if !early.is_empty()
+        && let Err(e) = dest.write_all(&early).await
+    {
+        return Ok(Totals {
+            up: 0,
+            down: 0,
+            end: relay::End::DestError(e.kind()),
+        });
     }
     let mut t = relay::relay(stream, &dest, cfg.timeouts.idle.0).await;
     t.up += early.len() as u64;

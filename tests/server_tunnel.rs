@@ -22,7 +22,13 @@ fn echo_through_tunnel_and_log_line() {
     assert_eq!(read_exact_after(&mut s, Vec::new(), 14), b"hello websocks");
     s.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_end(&mut s), b"");
-    let line = d.wait_log(&["user=alice", &format!("dst={echo}"), "up=14", "down=14", "end=closed"]);
+    let line = d.wait_log(&[
+        "user=alice",
+        &format!("dst={echo}"),
+        "up=14",
+        "down=14",
+        "end=closed",
+    ]);
     assert!(line.contains("peer=127.0.0.1:"), "{line}");
     assert!(line.contains("duration="), "{line}");
 }
@@ -31,7 +37,8 @@ fn echo_through_tunnel_and_log_line() {
 fn domain_and_ipv6_destinations() {
     let d = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
     let echo = echo_server();
-    let (rep, reply, mut s) = tunnel_reply(d.addr(), &Addr::Domain(b"localhost".to_vec(), echo.port()));
+    let (rep, reply, mut s) =
+        tunnel_reply(d.addr(), &Addr::Domain(b"localhost".to_vec(), echo.port()));
     assert_eq!(rep, 0);
     // Default `socks_reply_address: hidden`: 0.0.0.0 and the requested port,
     // as the reference server answers.
@@ -55,13 +62,19 @@ fn domain_and_ipv6_destinations() {
 
 #[test]
 fn reply_address_local_reports_the_real_bound_address() {
-    let d = Daemon::server(&server_yaml(&format!("{ALLOW_LOOPBACK}  socks_reply_address: local\n")));
+    let d = Daemon::server(&server_yaml(&format!(
+        "{ALLOW_LOOPBACK}  socks_reply_address: local\n"
+    )));
     let echo = echo_server();
     let (rep, reply, _s) = tunnel_reply(d.addr(), &Addr::Ip(echo));
     assert_eq!(rep, 0);
     assert_eq!(&reply[3..8], &[1, 127, 0, 0, 1]);
     let port = u16::from_be_bytes([reply[8], reply[9]]);
-    assert_ne!(port, echo.port(), "the local port of the server's outgoing connection");
+    assert_ne!(
+        port,
+        echo.port(),
+        "the local port of the server's outgoing connection"
+    );
 }
 
 #[test]
@@ -71,7 +84,8 @@ fn half_close_both_ways() {
     let dest = serve_each(|mut s| {
         let mut got = Vec::new();
         s.read_to_end(&mut got).unwrap();
-        s.write_all(format!("got {} bytes after your FIN", got.len()).as_bytes()).unwrap();
+        s.write_all(format!("got {} bytes after your FIN", got.len()).as_bytes())
+            .unwrap();
     });
     let mut s = tunnel(d.addr(), dest);
     s.write_all(&[7u8; 1000]).unwrap();
@@ -166,7 +180,11 @@ fn large_transfer_both_directions_at_once() {
     assert_eq!((up_len, down_len), (TOTAL, TOTAL));
     assert_eq!(up_got, up_hash, "client -> destination corrupted");
     assert_eq!(down_hash, dest_sent, "destination -> client corrupted");
-    d.wait_log(&[&format!("up={TOTAL}"), &format!("down={TOTAL}"), "end=closed"]);
+    d.wait_log(&[
+        &format!("up={TOTAL}"),
+        &format!("down={TOTAL}"),
+        "end=closed",
+    ]);
 }
 
 #[test]
@@ -187,7 +205,10 @@ fn refused_unreachable_and_denied_codes() {
     let (rep, _, _) = tunnel_reply(d.addr(), &Addr::Ip("192.0.2.1:80".parse().unwrap()));
     assert_eq!(rep, 0x02);
     // IPv4-mapped IPv6 is checked as the IPv4 address it is.
-    let (rep, _, _) = tunnel_reply(d.addr(), &Addr::Ip("[::ffff:192.0.2.1]:80".parse().unwrap()));
+    let (rep, _, _) = tunnel_reply(
+        d.addr(),
+        &Addr::Ip("[::ffff:192.0.2.1]:80".parse().unwrap()),
+    );
     assert_eq!(rep, 0x02);
     // A name that cannot resolve (rejected before any lookup): 04.
     let (rep, _, _) = tunnel_reply(d.addr(), &Addr::Domain(b"no such host".to_vec(), 80));
@@ -230,19 +251,26 @@ fn blackhole() -> (TcpListener, Vec<TcpStream>, SocketAddr) {
 
 #[test]
 fn connect_timeout_is_06() {
-    let d = Daemon::server(&server_yaml(&format!("{ALLOW_LOOPBACK}  timeouts:\n    connect: 1s\n")));
+    let d = Daemon::server(&server_yaml(&format!(
+        "{ALLOW_LOOPBACK}  timeouts:\n    connect: 1s\n"
+    )));
     let (_l, _held, a) = blackhole();
     let t = Instant::now();
     let (rep, _, _) = tunnel_reply(d.addr(), &Addr::Ip(a));
     assert_eq!(rep, 0x06);
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
     d.wait_log(&["connect timed out"]);
 }
 
 #[test]
 fn idle_timeout_closes_quiet_tunnels() {
-    let d = Daemon::server(&server_yaml(&format!("{ALLOW_LOOPBACK}  timeouts:\n    idle: 1s\n")));
+    let d = Daemon::server(&server_yaml(&format!(
+        "{ALLOW_LOOPBACK}  timeouts:\n    idle: 1s\n"
+    )));
     let echo = echo_server();
     let mut s = tunnel(d.addr(), echo);
     // Traffic keeps it open past the timeout...
@@ -260,7 +288,9 @@ fn idle_timeout_closes_quiet_tunnels() {
 
 #[test]
 fn max_connections_closes_extra_and_recovers() {
-    let d = Daemon::server(&server_yaml(&format!("{ALLOW_LOOPBACK}  max_connections: 2\n")));
+    let d = Daemon::server(&server_yaml(&format!(
+        "{ALLOW_LOOPBACK}  max_connections: 2\n"
+    )));
     let echo = echo_server();
     let a = tunnel(d.addr(), echo);
     let b = tunnel(d.addr(), echo);

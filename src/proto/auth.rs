@@ -87,7 +87,9 @@ pub fn verify(field: &str, stored: &str, now_ms: u64) -> bool {
     let m = minute_of(now_ms);
     let mut ok = subtle::Choice::from(0);
     for minute in [m.saturating_sub(MINUTE_MS), m, m + MINUTE_MS] {
-        ok |= password_field(stored, minute).as_bytes().ct_eq(field.as_bytes());
+        ok |= password_field(stored, minute)
+            .as_bytes()
+            .ct_eq(field.as_bytes());
     }
     ok.into()
 }
@@ -100,7 +102,10 @@ mod tests {
     fn baseline() {
         let stored = stored_digest(b"pasSw0rD");
         assert_eq!(stored, "AUiBnFUd+h5Wy2jsmdfmwRdKqTMBVNPuxZcRy3PYkxk=");
-        assert_eq!(password_field(&stored, 1569643260000), "kdIeonbE6ghFPyVAb+3etmOHIhCaByiP2Tibq7tnjP4=");
+        assert_eq!(
+            password_field(&stored, 1569643260000),
+            "kdIeonbE6ghFPyVAb+3etmOHIhCaByiP2Tibq7tnjP4="
+        );
     }
 
     #[test]

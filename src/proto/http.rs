@@ -82,10 +82,8 @@ fn head_end(buf: &[u8]) -> Option<usize> {
         // The line just ended is empty if it is "\n" or "\r\n" at line start.
         let line_start = i;
         let line = &buf[line_start..nl];
-        if line.is_empty() || line == b"\r" {
-            if line_start > 0 {
-                return Some(nl + 1);
-            }
+        if (line.is_empty() || line == b"\r") && line_start > 0 {
+            return Some(nl + 1);
         }
         i = nl + 1;
     }
@@ -112,7 +110,9 @@ fn plausible_request_prefix(buf: &[u8]) -> bool {
     true
 }
 
-fn parse_headers(mut it: impl Iterator<Item = Vec<u8>>) -> Result<Vec<(String, String)>, HeadError> {
+fn parse_headers(
+    mut it: impl Iterator<Item = Vec<u8>>,
+) -> Result<Vec<(String, String)>, HeadError> {
     let mut headers = Vec::new();
     for line in it.by_ref() {
         if line.is_empty() {
@@ -122,7 +122,10 @@ fn parse_headers(mut it: impl Iterator<Item = Vec<u8>>) -> Result<Vec<(String, S
         if line[0] == b' ' || line[0] == b'\t' {
             return Err(HeadError::BadHeader);
         }
-        let colon = line.iter().position(|&b| b == b':').ok_or(HeadError::BadHeader)?;
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(HeadError::BadHeader)?;
         let (name, rest) = line.split_at(colon);
         if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
             return Err(HeadError::BadHeader);
@@ -131,7 +134,9 @@ fn parse_headers(mut it: impl Iterator<Item = Vec<u8>>) -> Result<Vec<(String, S
         if value.iter().any(|&b| b == 0 || b == b'\r') {
             return Err(HeadError::BadHeader);
         }
-        let value = String::from_utf8_lossy(value).trim_matches([' ', '\t']).to_string();
+        let value = String::from_utf8_lossy(value)
+            .trim_matches([' ', '\t'])
+            .to_string();
         headers.push((String::from_utf8_lossy(name).into_owned(), value));
     }
     Ok(headers)
@@ -206,7 +211,13 @@ pub fn parse_response(buf: &[u8]) -> Result<Parse<Head>, HeadError> {
 /// Appends a complete response: status line, the given headers, and either a
 /// short text body with `Content-Length` and `Connection: close` (errors) or
 /// nothing (101).
-pub fn write_response(out: &mut Vec<u8>, code: u16, reason: &str, headers: &[(&str, &str)], body: &str) {
+pub fn write_response(
+    out: &mut Vec<u8>,
+    code: u16,
+    reason: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) {
     out.extend_from_slice(format!("HTTP/1.1 {code} {reason}\r\n").as_bytes());
     for (n, v) in headers {
         out.extend_from_slice(n.as_bytes());
@@ -223,7 +234,13 @@ pub fn write_response(out: &mut Vec<u8>, code: u16, reason: &str, headers: &[(&s
 }
 
 /// Appends a client upgrade request as the spec's "Client Upgrade" shows it.
-pub fn write_upgrade_request(out: &mut Vec<u8>, path: &str, host: &str, key: &str, authorization: &str) {
+pub fn write_upgrade_request(
+    out: &mut Vec<u8>,
+    path: &str,
+    host: &str,
+    key: &str,
+    authorization: &str,
+) {
     out.extend_from_slice(
         format!(
             "GET {path} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nHost: {host}\r\n\
@@ -238,15 +255,24 @@ pub fn write_upgrade_request(out: &mut Vec<u8>, path: &str, host: &str, key: &st
 mod tests {
     use super::*;
 
-    const REQ: &[u8] = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nHost: null\r\n\
+    const REQ: &[u8] =
+        b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nHost: null\r\n\
 Sec-WebSocket-Protocol: chat\r\nsec-websocket-protocol: socks5\r\n\r\nLEFT";
 
     #[test]
     fn request_with_leftover() {
-        let Parse::Done(h, used) = parse_request(REQ).unwrap() else { panic!() };
+        let Parse::Done(h, used) = parse_request(REQ).unwrap() else {
+            panic!()
+        };
         assert_eq!(&REQ[used..], b"LEFT");
-        assert_eq!((h.first.as_str(), h.second.as_str(), h.third.as_str()), ("GET", "/", "HTTP/1.1"));
-        assert_eq!(h.all("Sec-WebSocket-Protocol").collect::<Vec<_>>(), ["chat", "socks5"]);
+        assert_eq!(
+            (h.first.as_str(), h.second.as_str(), h.third.as_str()),
+            ("GET", "/", "HTTP/1.1")
+        );
+        assert_eq!(
+            h.all("Sec-WebSocket-Protocol").collect::<Vec<_>>(),
+            ["chat", "socks5"]
+        );
         assert_eq!(h.one("host"), Some("null"));
         assert!(h.has_token("connection", "upgrade"));
     }
@@ -261,11 +287,23 @@ Sec-WebSocket-Protocol: chat\r\nsec-websocket-protocol: socks5\r\n\r\nLEFT";
 
     #[test]
     fn bare_lf_and_errors() {
-        assert!(matches!(parse_request(b"GET / HTTP/1.1\nA: b\n\n"), Ok(Parse::Done(_, 21))));
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1\nA: b\n\n"),
+            Ok(Parse::Done(_, 21))
+        ));
         assert_eq!(parse_request(b"\x16\x03\x01"), Err(HeadError::BadStartLine));
-        assert_eq!(parse_request(b"GET / HTTP/2\r\n\r\n"), Err(HeadError::BadStartLine));
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nNo colon\r\n\r\n"), Err(HeadError::BadHeader));
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n"), Err(HeadError::BadHeader));
+        assert_eq!(
+            parse_request(b"GET / HTTP/2\r\n\r\n"),
+            Err(HeadError::BadStartLine)
+        );
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\nNo colon\r\n\r\n"),
+            Err(HeadError::BadHeader)
+        );
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n"),
+            Err(HeadError::BadHeader)
+        );
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.resize(MAX_HEAD, b'a');
         assert_eq!(parse_request(&big), Err(HeadError::TooLarge));
@@ -275,8 +313,16 @@ Sec-WebSocket-Protocol: chat\r\nsec-websocket-protocol: socks5\r\n\r\nLEFT";
     #[test]
     fn response_roundtrip() {
         let mut out = Vec::new();
-        write_response(&mut out, 101, "Switching Protocols", &[("Upgrade", "websocket")], "");
-        let Parse::Done(h, used) = parse_response(&out).unwrap() else { panic!() };
+        write_response(
+            &mut out,
+            101,
+            "Switching Protocols",
+            &[("Upgrade", "websocket")],
+            "",
+        );
+        let Parse::Done(h, used) = parse_response(&out).unwrap() else {
+            panic!()
+        };
         assert_eq!(used, out.len());
         assert_eq!(h.second, "101");
         assert_eq!(h.one("upgrade"), Some("websocket"));

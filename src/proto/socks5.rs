@@ -103,18 +103,27 @@ pub struct Greeting {
 
 /// Parses a client greeting.
 pub fn parse_greeting(buf: &[u8]) -> Result<Parse<Greeting>, SocksError> {
-    let Some(&ver) = buf.first() else { return Ok(Parse::Incomplete) };
+    let Some(&ver) = buf.first() else {
+        return Ok(Parse::Incomplete);
+    };
     if ver != VERSION {
         return Err(SocksError::Version(ver));
     }
-    let Some(&n) = buf.get(1) else { return Ok(Parse::Incomplete) };
+    let Some(&n) = buf.get(1) else {
+        return Ok(Parse::Incomplete);
+    };
     if n == 0 {
         return Err(SocksError::NoMethods);
     }
     let end = 2 + n as usize;
     match buf.get(2..end) {
         None => Ok(Parse::Incomplete),
-        Some(m) => Ok(Parse::Done(Greeting { methods: m.to_vec() }, end)),
+        Some(m) => Ok(Parse::Done(
+            Greeting {
+                methods: m.to_vec(),
+            },
+            end,
+        )),
     }
 }
 
@@ -127,7 +136,9 @@ pub struct Request {
 
 /// Parses an address (ATYP onwards); `Done(addr, used)`.
 fn parse_addr(buf: &[u8]) -> Result<Parse<Addr>, SocksError> {
-    let Some(&atyp) = buf.first() else { return Ok(Parse::Incomplete) };
+    let Some(&atyp) = buf.first() else {
+        return Ok(Parse::Incomplete);
+    };
     let (ip_len, start) = match atyp {
         ATYP_IPV4 => (4, 1),
         ATYP_IPV6 => (16, 1),
@@ -139,7 +150,9 @@ fn parse_addr(buf: &[u8]) -> Result<Parse<Addr>, SocksError> {
         other => return Err(SocksError::AddressType(other)),
     };
     let end = start + ip_len + 2;
-    let Some(body) = buf.get(start..end) else { return Ok(Parse::Incomplete) };
+    let Some(body) = buf.get(start..end) else {
+        return Ok(Parse::Incomplete);
+    };
     let (host, port) = body.split_at(ip_len);
     let port = u16::from_be_bytes([port[0], port[1]]);
     let addr = match atyp {
@@ -159,11 +172,15 @@ fn parse_addr(buf: &[u8]) -> Result<Parse<Addr>, SocksError> {
 /// Parses a client request. Any command is returned; the caller answers
 /// `07` for those it does not support.
 pub fn parse_request(buf: &[u8]) -> Result<Parse<Request>, SocksError> {
-    let Some(&ver) = buf.first() else { return Ok(Parse::Incomplete) };
+    let Some(&ver) = buf.first() else {
+        return Ok(Parse::Incomplete);
+    };
     if ver != VERSION {
         return Err(SocksError::Version(ver));
     }
-    let Some(&cmd) = buf.get(1) else { return Ok(Parse::Incomplete) };
+    let Some(&cmd) = buf.get(1) else {
+        return Ok(Parse::Incomplete);
+    };
     // buf[2] is RSV; RFC 1928 gives it no meaning, so it is not checked.
     if buf.len() < 4 {
         return Ok(Parse::Incomplete);
@@ -247,11 +264,15 @@ pub struct Reply {
 
 /// Parses a server's reply to a request.
 pub fn parse_reply(buf: &[u8]) -> Result<Parse<Reply>, SocksError> {
-    let Some(&ver) = buf.first() else { return Ok(Parse::Incomplete) };
+    let Some(&ver) = buf.first() else {
+        return Ok(Parse::Incomplete);
+    };
     if ver != VERSION {
         return Err(SocksError::Version(ver));
     }
-    let Some(&rep) = buf.get(1) else { return Ok(Parse::Incomplete) };
+    let Some(&rep) = buf.get(1) else {
+        return Ok(Parse::Incomplete);
+    };
     if buf.len() < 4 {
         return Ok(Parse::Incomplete);
     }
@@ -267,13 +288,19 @@ pub struct UserPass {
 
 /// Parses an RFC 1929 request.
 pub fn parse_user_pass(buf: &[u8]) -> Result<Parse<UserPass>, SocksError> {
-    let Some(&ver) = buf.first() else { return Ok(Parse::Incomplete) };
+    let Some(&ver) = buf.first() else {
+        return Ok(Parse::Incomplete);
+    };
     if ver != 0x01 {
         return Err(SocksError::Version(ver));
     }
-    let Some(&ulen) = buf.get(1) else { return Ok(Parse::Incomplete) };
+    let Some(&ulen) = buf.get(1) else {
+        return Ok(Parse::Incomplete);
+    };
     let uend = 2 + ulen as usize;
-    let Some(&plen) = buf.get(uend) else { return Ok(Parse::Incomplete) };
+    let Some(&plen) = buf.get(uend) else {
+        return Ok(Parse::Incomplete);
+    };
     let pend = uend + 1 + plen as usize;
     if buf.len() < pend {
         return Ok(Parse::Incomplete);
@@ -294,7 +321,9 @@ mod tests {
     #[test]
     fn request_kinds() {
         let v4 = [5, 1, 0, 1, 127, 0, 0, 1, 0x46, 0x50];
-        let dom = [5, 1, 0, 3, 9, b'l', b'o', b'c', b'a', b'l', b'h', b'o', b's', b't', 0x46, 0x50];
+        let dom = [
+            5, 1, 0, 3, 9, b'l', b'o', b'c', b'a', b'l', b'h', b'o', b's', b't', 0x46, 0x50,
+        ];
         let mut v6 = vec![5, 1, 0, 4];
         v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
         v6.extend_from_slice(&[0, 80]);
@@ -306,14 +335,22 @@ mod tests {
             for n in 0..msg.len() {
                 assert_eq!(parse_request(&msg[..n]), Ok(Parse::Incomplete));
             }
-            let Parse::Done(r, used) = parse_request(msg).unwrap() else { panic!() };
+            let Parse::Done(r, used) = parse_request(msg).unwrap() else {
+                panic!()
+            };
             assert_eq!((r.cmd, &r.addr, used), (1, &want, msg.len()));
             let mut out = Vec::new();
             write_connect(&mut out, &want);
             assert_eq!(out, msg);
         }
-        assert_eq!(parse_request(&[5, 1, 0, 5]), Err(SocksError::AddressType(5)));
-        assert_eq!(parse_request(&[5, 1, 0, 3, 0]), Err(SocksError::EmptyDomain));
+        assert_eq!(
+            parse_request(&[5, 1, 0, 5]),
+            Err(SocksError::AddressType(5))
+        );
+        assert_eq!(
+            parse_request(&[5, 1, 0, 3, 0]),
+            Err(SocksError::EmptyDomain)
+        );
         assert_eq!(parse_request(&[4, 1]), Err(SocksError::Version(4)));
     }
 
@@ -321,17 +358,34 @@ mod tests {
     fn greeting_and_reply() {
         assert_eq!(parse_greeting(&[5, 0]), Err(SocksError::NoMethods));
         assert_eq!(parse_greeting(&[5, 2, 2]), Ok(Parse::Incomplete));
-        assert_eq!(parse_greeting(&[5, 2, 2, 0, 9]), Ok(Parse::Done(Greeting { methods: vec![2, 0] }, 4)));
+        assert_eq!(
+            parse_greeting(&[5, 2, 2, 0, 9]),
+            Ok(Parse::Done(
+                Greeting {
+                    methods: vec![2, 0]
+                },
+                4
+            ))
+        );
         let mut out = Vec::new();
         write_reply(&mut out, REP_SUCCEEDED, "0.0.0.0:18000".parse().unwrap());
         assert_eq!(out, [5, 0, 0, 1, 0, 0, 0, 0, 0x46, 0x50]);
-        assert!(matches!(parse_reply(&out), Ok(Parse::Done(Reply { rep: 0, .. }, 10))));
+        assert!(matches!(
+            parse_reply(&out),
+            Ok(Parse::Done(Reply { rep: 0, .. }, 10))
+        ));
         assert_eq!(parse_choice(&[5]), Ok(Parse::Incomplete));
         assert_eq!(parse_choice(&[5, 0xff]), Ok(Parse::Done(0xff, 2)));
         assert_eq!(parse_choice(&[4]), Err(SocksError::Version(4)));
         assert_eq!(
             parse_user_pass(&[1, 1, b'a', 2, b'p', b'w']),
-            Ok(Parse::Done(UserPass { user: b"a".to_vec(), pass: b"pw".to_vec() }, 6))
+            Ok(Parse::Done(
+                UserPass {
+                    user: b"a".to_vec(),
+                    pass: b"pw".to_vec()
+                },
+                6
+            ))
         );
     }
 }

@@ -77,7 +77,12 @@ pub struct Upgrade {
 /// Checks a request head against RFC 6455 section 4.2.1, tolerating what the
 /// reference agent sends (`Host: null`, no `Origin`) and what it omits.
 pub fn check_upgrade(head: &Head) -> Result<Upgrade, UpgradeError> {
-    for name in ["Sec-WebSocket-Key", "Sec-WebSocket-Version", "Authorization", "Host"] {
+    for name in [
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "Authorization",
+        "Host",
+    ] {
         if head.count(name) > 1 {
             return Err(UpgradeError::Duplicate(name));
         }
@@ -165,16 +170,13 @@ pub fn parse_preamble(buf: &[u8]) -> Result<Parse<Preamble>, FrameError> {
 
 /// Validates one 10-byte frame header, as the agent does with the server's.
 pub fn check_frame(buf: &[u8]) -> Result<Parse<()>, FrameError> {
-    // Reject as early as the bytes allow, so garbage is not waited on.
-    let checks: [(usize, fn(u8) -> bool); 3] = [
-        (0, |b| b == 0x82),
-        (1, |b| b == 0x7f),
-        (2, |b| b & 0xc0 == 0x40),
-    ];
-    for (i, ok) in checks {
+    // Reject as early as the bytes allow, so garbage is not waited on:
+    // FIN + binary, no mask + 127, then length top bits 01 (>= 2^62).
+    const MASKS: [(u8, u8); 3] = [(0xff, 0x82), (0xff, 0x7f), (0xc0, 0x40)];
+    for (i, (mask, want)) in MASKS.into_iter().enumerate() {
         match buf.get(i) {
             None => return Ok(Parse::Incomplete),
-            Some(&b) if !ok(b) => return Err(FrameError::BadFrame),
+            Some(&b) if b & mask != want => return Err(FrameError::BadFrame),
             Some(_) => {}
         }
     }
@@ -190,7 +192,10 @@ mod tests {
 
     #[test]
     fn rfc_example() {
-        assert_eq!(accept("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -199,12 +204,18 @@ mod tests {
         b.extend_from_slice(&FRAME);
         b.push(5);
         assert_eq!(parse_preamble(&b), Ok(Parse::Done(Preamble::Pong, 2)));
-        assert_eq!(parse_preamble(&b[2..]), Ok(Parse::Done(Preamble::Frame, 10)));
+        assert_eq!(
+            parse_preamble(&b[2..]),
+            Ok(Parse::Done(Preamble::Frame, 10))
+        );
         assert_eq!(parse_preamble(&b[..1]), Ok(Parse::Incomplete));
         for n in 2..12 {
             assert_eq!(parse_preamble(&b[2..n]), Ok(Parse::Incomplete), "at {n}");
         }
-        assert_eq!(parse_preamble(&[0x8a, 0x01, 0x41]), Err(FrameError::BadPong));
+        assert_eq!(
+            parse_preamble(&[0x8a, 0x01, 0x41]),
+            Err(FrameError::BadPong)
+        );
         assert_eq!(parse_preamble(&[0x0a, 0x00]), Err(FrameError::BadPong));
         assert_eq!(parse_preamble(&[0x81]), Err(FrameError::BadFrame));
         assert_eq!(parse_preamble(&[0x82, 0xff]), Err(FrameError::BadFrame));

@@ -95,7 +95,12 @@ impl Daemon {
                 }
             }
         }
-        Daemon { child, addrs, dir, log }
+        Daemon {
+            child,
+            addrs,
+            dir,
+            log,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -116,7 +121,10 @@ impl Daemon {
                 return l.clone();
             }
             if Instant::now() > end {
-                panic!("no log line with {parts:?}; log: {:#?}", self.log.lock().unwrap());
+                panic!(
+                    "no log line with {parts:?}; log: {:#?}",
+                    self.log.lock().unwrap()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -137,7 +145,10 @@ impl Drop for Daemon {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// `Authorization` value for the current minute (plus `skew` minutes).
@@ -149,7 +160,13 @@ pub fn authorization(user: &str, pass: &str, skew: i64) -> String {
 /// A valid upgrade request for alice, with the RFC 6455 example key.
 pub fn upgrade_request() -> Vec<u8> {
     let mut v = Vec::new();
-    http::write_upgrade_request(&mut v, "/", "null", "dGhlIHNhbXBsZSBub25jZQ==", &authorization(USER, PASS, 0));
+    http::write_upgrade_request(
+        &mut v,
+        "/",
+        "null",
+        "dGhlIHNhbXBsZSBub25jZQ==",
+        &authorization(USER, PASS, 0),
+    );
     v
 }
 
@@ -178,7 +195,11 @@ pub fn read_head(s: &mut TcpStream) -> (http::Head, Vec<u8>) {
             return (h, buf[used..].to_vec());
         }
         let n = s.read(&mut chunk).expect("read response");
-        assert!(n > 0, "EOF before response head; got {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "EOF before response head; got {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     }
 }
@@ -208,9 +229,15 @@ pub fn tunnel(server: SocketAddr, dest: SocketAddr) -> TcpStream {
     s.write_all(&upgrade_request()).unwrap();
     let (h, rest) = read_head(&mut s);
     assert_eq!(h.second, "101");
-    s.write_all(&socks_preamble(&socks5::Addr::Ip(dest))).unwrap();
+    s.write_all(&socks_preamble(&socks5::Addr::Ip(dest)))
+        .unwrap();
     let got = read_exact_after(&mut s, rest, 12 + 10);
-    assert_eq!(&got[..12], &[0x82, 0x7f, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 5, 0]);
+    assert_eq!(
+        &got[..12],
+        &[
+            0x82, 0x7f, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 5, 0
+        ]
+    );
     assert_eq!(got[12..14], [5, 0], "reply {:02x?}", &got[12..]);
     assert_eq!(got.len(), 22, "no data may follow the reply yet");
     s
