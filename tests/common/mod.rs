@@ -60,10 +60,25 @@ impl Daemon {
     }
 
     pub fn start(args: &[&str], yaml: &str, listeners: usize) -> Daemon {
+        Self::start_via(&[], args, yaml, listeners)
+    }
+
+    /// Like `start`, with the binary run through `wrapper` (e.g. a shell
+    /// that lowers a limit first): `wrapper... BINARY args... -c CONFIG`.
+    pub fn start_via(wrapper: &[&str], args: &[&str], yaml: &str, listeners: usize) -> Daemon {
         let dir = temp_dir();
         let cfg = dir.join("websocks.yaml");
         std::fs::write(&cfg, yaml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_websocks"))
+        let bin = env!("CARGO_BIN_EXE_websocks");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .args(args)
             .arg("-c")
             .arg(&cfg)
