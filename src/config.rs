@@ -76,28 +76,39 @@ impl FromStr for Dur {
     }
 }
 
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Dur(Duration::from_secs(n))),
-            Raw::S(s) => s.parse().map_err(de::Error::custom),
-        }
+/// Parses a YAML scalar with `FromStr` inside the deserializer's visit, so
+/// an error carries the scalar's own line and key path. Integers are taken
+/// as their decimal text (`idle: 30` is 30 seconds).
+struct FromStrVisitor<T>(std::marker::PhantomData<T>);
+
+impl<T: FromStr<Err = String>> de::Visitor<'_> for FromStrVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        v.parse().map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
     }
 }
 
-/// Deserializes any `FromStr` type from a YAML string, with its message.
 fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr<Err = String>,
 {
-    String::deserialize(d)?.parse().map_err(de::Error::custom)
+    d.deserialize_any(FromStrVisitor(std::marker::PhantomData))
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d)
+    }
 }
 
 impl<'de> Deserialize<'de> for Rule {
@@ -110,14 +121,19 @@ impl<'de> Deserialize<'de> for Rule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listen(pub SocketAddr);
 
+impl FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.trim()
+            .parse()
+            .map(Listen)
+            .map_err(|_| format!("`{s}` is not an address like 0.0.0.0:8080 or [::]:8080"))
+    }
+}
+
 impl<'de> Deserialize<'de> for Listen {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.trim().parse().map(Listen).map_err(|_| {
-            de::Error::custom(format!(
-                "`{s}` is not an address like 0.0.0.0:8080 or [::]:8080"
-            ))
-        })
+        from_str(d)
     }
 }
 
@@ -430,40 +446,85 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// Reads a users file: a YAML list of `{name, password | password_hash}`.
-pub fn load_users_file(path: &Path) -> Result<Vec<User>, ConfigError> {
+pub fn load_users_file(path: &Path) -> Result<(Vec<User>, String), ConfigError> {
     let text = read(path)?;
-    serde_yaml::from_str::<Vec<User>>(&text).map_err(|e| yaml_error(path, e))
+    let users = serde_yaml::from_str::<Vec<User>>(&text).map_err(|e| yaml_error(path, e))?;
+    Ok((users, text))
 }
 
-/// Merges inline users and a users file into one table; names must be unique.
+/// The line of the `nth` (0-based) `name: <name>` entry in YAML text.
+fn name_line(text: &str, name: &str, nth: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let l = l.trim_start().trim_start_matches("- ").trim_start();
+            l.strip_prefix("name:")
+                .map(|v| {
+                    v.split(" #")
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .trim_matches(['"', '\''])
+                        == name
+                })
+                .unwrap_or(false)
+        })
+        .nth(nth)
+        .map(|(i, _)| i + 1)
+}
+
+/// Merges inline users and a users file into one table; names must be
+/// unique across both. `file` is the users file as resolved.
 pub fn build_users(
     inline: &[User],
     file: Option<&Path>,
     cfg_path: &Path,
     cfg_text: &str,
 ) -> Result<Users, ConfigError> {
-    let mut from_file = Vec::new();
-    if let Some(f) = file {
-        from_file = load_users_file(f)?;
-    }
+    let (from_file, file_text) = match file {
+        Some(f) => load_users_file(f).map_err(|e| match e.line {
+            // Unreadable: point at the key that names it.
+            None => ConfigError {
+                file: cfg_path.to_path_buf(),
+                line: locate(cfg_text, "server.users_file"),
+                key: "server.users_file".into(),
+                msg: format!(
+                    "cannot read {}: {}",
+                    f.display(),
+                    e.msg.trim_start_matches("cannot read: ")
+                ),
+            },
+            Some(_) => e,
+        })?,
+        None => (Vec::new(), String::new()),
+    };
     let mut map = HashMap::new();
-    for (u, origin) in inline
+    let mut seen_in_cfg: HashMap<&str, usize> = HashMap::new();
+    let entries = inline
         .iter()
-        .map(|u| (u, None))
-        .chain(from_file.iter().map(|u| (u, file)))
-    {
+        .enumerate()
+        .map(|(i, u)| (u, i, true))
+        .chain(from_file.iter().enumerate().map(|(i, u)| (u, i, false)));
+    for (u, i, in_cfg) in entries {
+        let n = if in_cfg {
+            let c = seen_in_cfg.entry(&u.name).or_default();
+            *c += 1;
+            *c - 1
+        } else {
+            0
+        };
         if map.insert(u.name.clone(), u.digest.clone()).is_some() {
-            let (fpath, text) = match origin {
-                Some(f) => (f, std::fs::read_to_string(f).unwrap_or_default()),
-                None => (cfg_path, cfg_text.to_string()),
+            let (fpath, text, key, nth) = match (in_cfg, file) {
+                (false, Some(f)) => {
+                    let nth = from_file[..i].iter().filter(|o| o.name == u.name).count();
+                    (f, file_text.as_str(), format!("[{i}].name"), nth)
+                }
+                _ => (cfg_path, cfg_text, format!("server.users[{i}].name"), n),
             };
             return Err(ConfigError {
                 file: fpath.to_path_buf(),
-                line: text
-                    .lines()
-                    .position(|l| l.contains(&u.name) && l.contains("name"))
-                    .map(|i| i + 1),
-                key: "name".into(),
+                line: name_line(text, &u.name, nth),
+                key,
                 msg: format!("user `{}` is defined twice", u.name),
             });
         }
