@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod http;
+pub mod proxy;
 pub mod socks5;
 pub mod ws;
 
