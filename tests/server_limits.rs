@@ -44,9 +44,15 @@ fn accept_loop_survives_emfile() {
 fn health_path_answers_200_and_others_400() {
     let d = Daemon::server(&server_yaml("  health_path: /healthz\n"));
     for (req, want) in [
-        ("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200 OK"),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            "HTTP/1.1 200 OK",
+        ),
         ("GET /healthz?probe=1 HTTP/1.1\r\n\r\n", "HTTP/1.1 200 OK"),
-        ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400 Bad Request"),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "HTTP/1.1 400 Bad Request",
+        ),
         ("HEAD /healthz HTTP/1.1\r\n\r\n", "HTTP/1.1 400 Bad Request"),
     ] {
         let mut s = connect(d.addr());
