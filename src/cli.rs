@@ -29,6 +29,8 @@ struct Top {
 #[argh(subcommand)]
 enum Cmd {
     Server(ServerCmd),
+    Agent(AgentCmd),
+    Run(RunCmd),
     Check(CheckCmd),
     HashPassword(HashCmd),
 }
@@ -37,6 +39,24 @@ enum Cmd {
 /// Run the WebSocks server.
 #[argh(subcommand, name = "server")]
 struct ServerCmd {
+    /// configuration file (YAML)
+    #[argh(option, short = 'c')]
+    config: PathBuf,
+}
+
+#[derive(FromArgs)]
+/// Run the WebSocks agent (local SOCKS5/HTTP proxy).
+#[argh(subcommand, name = "agent")]
+struct AgentCmd {
+    /// configuration file (YAML)
+    #[argh(option, short = 'c')]
+    config: PathBuf,
+}
+
+#[derive(FromArgs)]
+/// Run every section of the file (server and agent) in one process.
+#[argh(subcommand, name = "run")]
+struct RunCmd {
     /// configuration file (YAML)
     #[argh(option, short = 'c')]
     config: PathBuf,
@@ -82,14 +102,22 @@ pub fn main() -> i32 {
     }
     match top.cmd {
         None => {
-            eprintln!("websocks: a command is required (server, check, hash-password); see --help");
+            eprintln!(
+                "websocks: a command is required (server, agent, run, check, hash-password); see --help"
+            );
             EX_USAGE
         }
         Some(Cmd::HashPassword(_)) => hash_password(),
         Some(Cmd::Check(c)) => match config::load(&c.config) {
             Ok(cfg) => {
-                let users = cfg.server.as_ref().map_or(0, |s| s.users.0.len());
-                println!("{}: ok ({users} users)", c.config.display());
+                let mut parts = Vec::new();
+                if let Some(s) = &cfg.server {
+                    parts.push(format!("{} users", s.users.0.len()));
+                }
+                if let Some(a) = &cfg.agent {
+                    parts.push(format!("{} servers", a.servers.len()));
+                }
+                println!("{}: ok ({})", c.config.display(), parts.join(", "));
                 EX_OK
             }
             Err(e) => {
@@ -97,26 +125,39 @@ pub fn main() -> i32 {
                 EX_CONFIG
             }
         },
-        Some(Cmd::Server(c)) => {
-            let cfg = match config::load(&c.config) {
-                Ok(cfg) => cfg,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return EX_CONFIG;
-                }
-            };
-            crate::log::init(cfg.log_level);
-            let Some(server) = cfg.server else {
-                eprintln!("{}: no `server:` section", c.config.display());
-                return EX_CONFIG;
-            };
-            match daemon::run_server(server) {
-                Ok(()) => EX_OK,
-                Err(e) => {
-                    log::error!("{e}");
-                    EX_OSERR
-                }
-            }
+        Some(Cmd::Server(c)) => run(&c.config, true, false),
+        Some(Cmd::Agent(c)) => run(&c.config, false, true),
+        Some(Cmd::Run(c)) => run(&c.config, true, true),
+    }
+}
+
+/// Loads `path` and runs the wanted sections; a wanted section that is
+/// missing is a configuration error.
+fn run(path: &std::path::Path, want_server: bool, want_agent: bool) -> i32 {
+    let cfg = match config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            return EX_CONFIG;
+        }
+    };
+    crate::log::init(cfg.log_level);
+    let server = if want_server { cfg.server } else { None };
+    let agent = if want_agent { cfg.agent } else { None };
+    let missing = match (want_server, want_agent) {
+        (true, false) if server.is_none() => Some("server"),
+        (false, true) if agent.is_none() => Some("agent"),
+        _ => None,
+    };
+    if let Some(section) = missing {
+        eprintln!("{}: no `{section}:` section", path.display());
+        return EX_CONFIG;
+    }
+    match daemon::run(server, agent) {
+        Ok(()) => EX_OK,
+        Err(e) => {
+            log::error!("{e}");
+            EX_OSERR
         }
     }
 }

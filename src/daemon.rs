@@ -12,7 +12,8 @@ use async_net::TcpListener;
 use smol::Executor;
 
 use crate::config::Server;
-use crate::server;
+use crate::config::agent::Agent;
+use crate::{agent, server};
 
 /// Counts live connections; a slot is released when its guard drops.
 pub struct Slots {
@@ -66,11 +67,27 @@ fn is_resource_error(e: &io::Error) -> bool {
     )
 }
 
+/// What a listener serves.
+#[derive(Clone)]
+pub enum Service {
+    Server(Arc<Server>),
+    Agent(Arc<agent::State>, agent::Kind),
+}
+
+impl Service {
+    fn max_connections(&self) -> usize {
+        match self {
+            Service::Server(c) => c.max_connections,
+            Service::Agent(st, _) => st.cfg.max_connections,
+        }
+    }
+}
+
 /// Accepts on `listener` forever, spawning one task per connection.
 pub async fn accept_loop(
     ex: Arc<Executor<'static>>,
     listener: TcpListener,
-    cfg: Arc<Server>,
+    service: Service,
     slots: Arc<Slots>,
 ) {
     let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
@@ -87,7 +104,7 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let max = cfg.max_connections;
+        let max = service.max_connections();
         let Some(slot) = slots.take(max) else {
             // Over the limit: close at once; log at most once a second.
             if refused_logged.elapsed() >= Duration::from_secs(1) {
@@ -97,10 +114,13 @@ pub async fn accept_loop(
             drop(stream);
             continue;
         };
-        let cfg = cfg.clone();
+        let service = service.clone();
         ex.spawn(async move {
             let _slot = slot;
-            server::serve(stream, peer, cfg).await;
+            match service {
+                Service::Server(cfg) => server::serve(stream, peer, cfg).await,
+                Service::Agent(st, kind) => agent::serve(stream, peer, kind, st).await,
+            }
         })
         .detach();
     }
@@ -118,8 +138,8 @@ pub async fn bind_all(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
     Ok(out)
 }
 
-/// Runs the server until the process is killed.
-pub fn run_server(cfg: Server) -> io::Result<()> {
+/// Runs the server and/or the agent until the process is killed.
+pub fn run(server: Option<Server>, agent: Option<Agent>) -> io::Result<()> {
     let ex = Arc::new(Executor::new());
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -130,17 +150,40 @@ pub fn run_server(cfg: Server) -> io::Result<()> {
             .name(format!("websocks-{i}"))
             .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))?;
     }
-    let cfg = Arc::new(cfg);
-    let slots = Arc::new(Slots::new());
     smol::block_on(ex.run(async {
-        let listeners = bind_all(&cfg.listen).await?;
-        for l in &listeners {
-            log::info!("server listening on {}", l.local_addr()?);
+        // Each side counts its own connections against its own limit.
+        let mut plan: Vec<(&str, Vec<SocketAddr>, Service, Arc<Slots>)> = Vec::new();
+        if let Some(cfg) = server {
+            let listen = cfg.listen.clone();
+            plan.push((
+                "server",
+                listen,
+                Service::Server(Arc::new(cfg)),
+                Arc::new(Slots::new()),
+            ));
         }
-        let loops: Vec<_> = listeners
-            .into_iter()
-            .map(|l| ex.spawn(accept_loop(ex.clone(), l, cfg.clone(), slots.clone())))
-            .collect();
+        if let Some(cfg) = agent {
+            let groups = agent::upstream::start(&cfg, &ex);
+            let lists = [
+                ("agent socks5", cfg.socks5.clone(), agent::Kind::Socks5),
+                ("agent http", cfg.http.clone(), agent::Kind::Http),
+                ("agent mixed", cfg.mixed.clone(), agent::Kind::Mixed),
+            ];
+            let st = Arc::new(agent::State { cfg, groups });
+            let slots = Arc::new(Slots::new());
+            for (name, addrs, kind) in lists {
+                if !addrs.is_empty() {
+                    plan.push((name, addrs, Service::Agent(st.clone(), kind), slots.clone()));
+                }
+            }
+        }
+        let mut loops = Vec::new();
+        for (name, addrs, service, slots) in plan {
+            for l in bind_all(&addrs).await? {
+                log::info!("{name} listening on {}", l.local_addr()?);
+                loops.push(ex.spawn(accept_loop(ex.clone(), l, service.clone(), slots.clone())));
+            }
+        }
         for t in loops {
             t.await;
         }

@@ -1,10 +1,11 @@
 //! websocks: SOCKS5 carried inside a WebSocket upgrade (the WebSocks
-//! protocol), server side.
+//! protocol): the server and the agent.
 //!
 //! Layers, dependencies pointing down: `cli` → `daemon` → `server` →
 //! `relay`, `dial`, `acl` → `config` → `proto` (sans-I/O codecs).
 
 pub mod acl;
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -108,7 +108,7 @@ impl Failure {
 }
 
 /// RFC 1928 section 6 reply code for a failed connect.
-fn dial_reply(e: &DialError) -> u8 {
+pub(crate) fn dial_reply(e: &DialError) -> u8 {
     match e {
         DialError::Denied => socks5::REP_NOT_ALLOWED,
         DialError::Resolve(_) => socks5::REP_HOST_UNREACHABLE,

@@ -14,6 +14,8 @@ use serde::de::{self, Deserializer};
 use crate::acl::{Acl, Rule};
 use crate::proto::auth;
 
+pub mod agent;
+
 /// A configuration error: where and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -97,7 +99,7 @@ impl<T: FromStr<Err = String>> de::Visitor<'_> for FromStrVisitor<T> {
     }
 }
 
-fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr<Err = String>,
@@ -145,6 +147,7 @@ pub struct File {
     #[serde(default)]
     pub log_level: Option<LogLevel>,
     pub server: Option<ServerConfig>,
+    pub agent: Option<agent::AgentConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -356,7 +359,7 @@ impl TryFrom<RawUser> for User {
 }
 
 /// Is `s` base64 of 32 bytes, as `hash-password` prints?
-fn is_digest(s: &str) -> bool {
+pub(crate) fn is_digest(s: &str) -> bool {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD
         .decode(s)
@@ -394,6 +397,7 @@ pub struct Config {
     pub path: PathBuf,
     pub log_level: LogLevel,
     pub server: Option<Server>,
+    pub agent: Option<agent::Agent>,
 }
 
 /// Turns a serde_yaml error into file, line and key.
@@ -606,18 +610,23 @@ fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> 
             })
         }
     };
-    if server.is_none() {
+    let agent = match file.agent {
+        None => None,
+        Some(a) => Some(agent::validate(a, &err)?),
+    };
+    if server.is_none() && agent.is_none() {
         return Err(ConfigError {
             file: path.to_path_buf(),
             line: None,
             key: String::new(),
-            msg: "nothing to run: add a `server:` section".into(),
+            msg: "nothing to run: add a `server:` or an `agent:` section".into(),
         });
     }
     Ok(Config {
         path: path.to_path_buf(),
         log_level: file.log_level.unwrap_or(LogLevel::Info),
         server,
+        agent,
     })
 }
 

@@ -1,0 +1,549 @@
+//! The agent, one connection: a local SOCKS5 or HTTP proxy client is routed
+//! (proxy through a server group, direct, or reject), answered with the
+//! real result, then relayed. See `upstream` for the WebSocks side.
+
+pub mod route;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use async_net::TcpStream;
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use subtle::ConstantTimeEq;
+
+use crate::acl::Acl;
+use crate::config::Users;
+use crate::config::agent::{Action, Agent};
+use crate::dial::{self, DialError};
+use crate::proto::http::{self, HeadError};
+use crate::proto::proxy::{self, ProxyError, ProxyRequest};
+use crate::proto::socks5::{self, Addr, SocksError};
+use crate::proto::{Parse, auth};
+use crate::relay;
+use upstream::{Group, UpError};
+
+/// Which local protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Socks5,
+    Http,
+    /// Either, told apart by the first byte (`05` is SOCKS5).
+    Mixed,
+}
+
+/// What every agent connection shares.
+pub struct State {
+    pub cfg: Agent,
+    pub groups: HashMap<String, Arc<Group>>,
+}
+
+/// Why a destination is not reached. Each maps to one SOCKS5 code and one
+/// HTTP status, in [`Refusal::socks`] and [`Refusal::http`].
+#[derive(Debug)]
+enum Refusal {
+    /// A `reject` rule.
+    Rejected,
+    /// The server answered the CONNECT with this SOCKS5 code.
+    Server(u8),
+    /// No server of the group could be used.
+    NoServer(UpError),
+    /// A direct connection failed.
+    Direct(DialError),
+}
+
+impl Refusal {
+    fn socks(&self) -> u8 {
+        match self {
+            Refusal::Rejected => socks5::REP_NOT_ALLOWED,
+            Refusal::Server(rep) => *rep,
+            Refusal::NoServer(UpError::Timeout) => socks5::REP_TTL_EXPIRED,
+            Refusal::NoServer(_) => socks5::REP_GENERAL_FAILURE,
+            Refusal::Direct(e) => crate::server::dial_reply(e),
+        }
+    }
+
+    fn http(&self) -> (u16, &'static str) {
+        match self.socks() {
+            socks5::REP_NOT_ALLOWED => (403, "Forbidden"),
+            socks5::REP_TTL_EXPIRED => (504, "Gateway Timeout"),
+            _ => (502, "Bad Gateway"),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Rejected => f.write_str("rejected by rule"),
+            Refusal::Server(rep) => write!(f, "server replied {rep:#04x}"),
+            Refusal::NoServer(e) => write!(f, "no server usable: {e}"),
+            Refusal::Direct(e) => write!(f, "direct: {e}"),
+        }
+    }
+}
+
+/// An open path to the destination.
+struct Reached {
+    remote: TcpStream,
+    /// Destination bytes already received.
+    early: Vec<u8>,
+    /// BND.ADDR for a SOCKS5 reply.
+    bound: Addr,
+}
+
+/// Routes `dest` and opens the path. `route` is filled for the log line.
+async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, Refusal> {
+    let (action, group, _) =
+        route::decide(&st.cfg.routes, st.cfg.default, &st.cfg.default_group, dest);
+    let timeout = st.cfg.timeouts.connect.0;
+    match action {
+        Action::Reject => {
+            *route = "reject".into();
+            Err(Refusal::Rejected)
+        }
+        Action::Direct => {
+            *route = "direct".into();
+            let open = Acl {
+                allow: vec![],
+                deny: vec![],
+                default_allow: true,
+            };
+            let remote = dial::dial(dest, &open, timeout)
+                .await
+                .map_err(Refusal::Direct)?;
+            let bound = Addr::Ip(remote.local_addr().unwrap_or(socks5::UNSPECIFIED));
+            Ok(Reached {
+                remote,
+                early: Vec::new(),
+                bound,
+            })
+        }
+        Action::Proxy => {
+            *route = format!("proxy:{group}");
+            let g = st
+                .groups
+                .get(group)
+                .ok_or(Refusal::NoServer(UpError::Upgrade(format!(
+                    "no group {group}"
+                ))))?;
+            let opened = g
+                .open(dest, timeout)
+                .await
+                .map_err(|e| Refusal::NoServer(e.last))?;
+            route.push_str(&format!(
+                " server={}{}",
+                opened.server,
+                if opened.pooled { "(pooled)" } else { "" }
+            ));
+            let t = opened.tunnel;
+            if t.reply.rep != socks5::REP_SUCCEEDED {
+                return Err(Refusal::Server(t.reply.rep));
+            }
+            Ok(Reached {
+                remote: t.stream,
+                early: t.early,
+                bound: t.reply.bound,
+            })
+        }
+    }
+}
+
+/// A local client's bytes in, with the handshake deadline.
+struct Local {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    deadline: Instant,
+}
+
+/// Local-side failures before relaying, for the log line; each has one
+/// answer, written where it is detected.
+#[derive(Debug)]
+enum LocalError {
+    Gone(&'static str),
+    Socks(SocksError),
+    Head(HeadError),
+    Proxy(ProxyError),
+    Auth,
+}
+
+impl std::fmt::Display for LocalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LocalError::Gone(why) => f.write_str(why),
+            LocalError::Socks(e) => write!(f, "bad SOCKS5 input: {e:?}"),
+            LocalError::Head(e) => write!(f, "bad HTTP request: {e:?}"),
+            LocalError::Proxy(e) => write!(f, "bad proxy request: {e:?}"),
+            LocalError::Auth => f.write_str("authentication failed or method not offered"),
+        }
+    }
+}
+
+impl Local {
+    async fn more(&mut self) -> Result<(), LocalError> {
+        let mut chunk = [0u8; 4096];
+        let deadline = self.deadline;
+        let n = self
+            .stream
+            .read(&mut chunk)
+            .or(async {
+                Timer::at(deadline).await;
+                Err(io::ErrorKind::TimedOut.into())
+            })
+            .await;
+        match n {
+            Ok(0) => Err(LocalError::Gone("closed during handshake")),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                Err(LocalError::Gone("handshake timed out"))
+            }
+            Err(_) => Err(LocalError::Gone("read error")),
+        }
+    }
+
+    async fn next<T, E>(
+        &mut self,
+        parse: impl Fn(&[u8]) -> Result<Parse<T>, E>,
+        wrap: impl Fn(E) -> LocalError,
+    ) -> Result<T, LocalError> {
+        loop {
+            match parse(&self.buf).map_err(&wrap)? {
+                Parse::Done(t, used) => {
+                    self.buf.drain(..used);
+                    return Ok(t);
+                }
+                Parse::Incomplete => self.more().await?,
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), LocalError> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|_| LocalError::Gone("write error"))
+    }
+}
+
+/// Checks a local user's plain password against the stored digest, in
+/// constant time; unknown users cost the same.
+fn local_auth_ok(users: &Users, user: &[u8], pass: &[u8]) -> bool {
+    let digest = auth::stored_digest(pass);
+    let want = std::str::from_utf8(user)
+        .ok()
+        .and_then(|u| users.0.get(u))
+        .map(|s| s.0.as_str());
+    let ok: bool = digest
+        .as_bytes()
+        .ct_eq(want.unwrap_or("-").as_bytes())
+        .into();
+    ok && want.is_some()
+}
+
+/// Serves one accepted local connection to the end and logs one line.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<State>) {
+    let start = Instant::now();
+    let _ = stream.set_nodelay(true);
+    let mut local = Local {
+        stream: stream.clone(),
+        buf: Vec::with_capacity(512),
+        deadline: start + st.cfg.timeouts.handshake.0,
+    };
+    let kind = match kind {
+        Kind::Mixed => match local.more().await {
+            Ok(()) if local.buf.first() == Some(&socks5::VERSION) => Kind::Socks5,
+            Ok(()) => Kind::Http,
+            Err(e) => {
+                log::debug!("agent peer={peer} via=mixed end=rejected: {e}");
+                return;
+            }
+        },
+        k => k,
+    };
+    let mut dest = None;
+    let mut route = String::from("-");
+    let result = match kind {
+        Kind::Socks5 => socks_session(&mut local, &st, &mut dest, &mut route).await,
+        _ => http_session(&mut local, &st, &mut dest, &mut route).await,
+    };
+    let via = if kind == Kind::Socks5 {
+        "socks5"
+    } else {
+        "http"
+    };
+    let dst = dest
+        .map(|d: Addr| d.to_string())
+        .unwrap_or_else(|| "-".into());
+    let secs = start.elapsed().as_secs_f64();
+    match result {
+        Ok(Ok(t)) => log::info!(
+            "agent peer={peer} via={via} dst={dst} route={route} up={} down={} duration={secs:.3}s end={}",
+            t.up,
+            t.down,
+            t.end
+        ),
+        Ok(Err(r)) => log::info!(
+            "agent peer={peer} via={via} dst={dst} route={route} up=0 down=0 duration={secs:.3}s end=refused: {r}"
+        ),
+        Err(e) => log::info!(
+            "agent peer={peer} via={via} dst={dst} route={route} duration={secs:.3}s end=rejected: {e}"
+        ),
+    }
+    close_gracefully(stream).await;
+}
+
+/// Half-closes and drains briefly, so a last answer is not lost to a reset.
+async fn close_gracefully(mut s: TcpStream) {
+    let _ = s.shutdown(Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    let _ = async { while s.read(&mut sink).await.unwrap_or(0) > 0 {} }
+        .or(async {
+            Timer::after(Duration::from_secs(1)).await;
+        })
+        .await;
+}
+
+/// Relays after a successful open: destination bytes already here go to the
+/// client, client bytes already here go to the destination.
+async fn finish(
+    local: &mut Local,
+    r: Reached,
+    idle: Duration,
+    mut to_remote: Vec<u8>,
+) -> relay::Totals {
+    let Reached {
+        mut remote, early, ..
+    } = r;
+    to_remote.append(&mut local.buf);
+    let (early_down, early_up) = (early.len() as u64, to_remote.len() as u64);
+    if (!early.is_empty() && local.stream.write_all(&early).await.is_err())
+        || (!to_remote.is_empty() && remote.write_all(&to_remote).await.is_err())
+    {
+        return relay::Totals {
+            up: 0,
+            down: 0,
+            end: relay::End::DestError(io::ErrorKind::BrokenPipe),
+        };
+    }
+    let mut t = relay::relay(&local.stream, &remote, idle).await;
+    t.up += early_up;
+    t.down += early_down;
+    t
+}
+
+type Session = Result<Result<relay::Totals, Refusal>, LocalError>;
+
+/// SOCKS5 (RFC 1928), with RFC 1929 when local users are configured.
+async fn socks_session(
+    local: &mut Local,
+    st: &State,
+    dest: &mut Option<Addr>,
+    route: &mut String,
+) -> Session {
+    let greeting = match local.next(socks5::parse_greeting, LocalError::Socks).await {
+        Ok(g) => g,
+        Err(e) => {
+            if matches!(e, LocalError::Socks(_)) {
+                let _ = local
+                    .send(&[socks5::VERSION, socks5::METHOD_NONE_ACCEPTABLE])
+                    .await;
+            }
+            return Err(e);
+        }
+    };
+    let method = if st.cfg.users.is_some() {
+        socks5::METHOD_USER_PASS
+    } else {
+        socks5::METHOD_NO_AUTH
+    };
+    if !greeting.methods.contains(&method) {
+        let _ = local
+            .send(&[socks5::VERSION, socks5::METHOD_NONE_ACCEPTABLE])
+            .await;
+        return Err(LocalError::Auth);
+    }
+    local.send(&[socks5::VERSION, method]).await?;
+    if let Some(users) = &st.cfg.users {
+        let up = local
+            .next(socks5::parse_user_pass, LocalError::Socks)
+            .await?;
+        // RFC 1929 section 2: 01 00 success; anything else fails and closes.
+        if !local_auth_ok(users, &up.user, &up.pass) {
+            let _ = local.send(&[0x01, 0x01]).await;
+            return Err(LocalError::Auth);
+        }
+        local.send(&[0x01, 0x00]).await?;
+    }
+    let req = match local.next(socks5::parse_request, LocalError::Socks).await {
+        Ok(r) => r,
+        Err(e) => {
+            let rep = match e {
+                LocalError::Socks(SocksError::AddressType(_)) => {
+                    Some(socks5::REP_ADDRESS_TYPE_NOT_SUPPORTED)
+                }
+                LocalError::Socks(SocksError::EmptyDomain) => Some(socks5::REP_HOST_UNREACHABLE),
+                LocalError::Socks(_) => Some(socks5::REP_GENERAL_FAILURE),
+                _ => None,
+            };
+            if let Some(rep) = rep {
+                let mut v = Vec::new();
+                socks5::write_reply(&mut v, rep, socks5::UNSPECIFIED);
+                let _ = local.send(&v).await;
+            }
+            return Err(e);
+        }
+    };
+    *dest = Some(req.addr.clone());
+    if req.cmd != socks5::CMD_CONNECT {
+        let mut v = Vec::new();
+        socks5::write_reply(
+            &mut v,
+            socks5::REP_COMMAND_NOT_SUPPORTED,
+            socks5::UNSPECIFIED,
+        );
+        let _ = local.send(&v).await;
+        return Ok(Err(Refusal::Server(socks5::REP_COMMAND_NOT_SUPPORTED)));
+    }
+    match reach(st, &req.addr, route).await {
+        Err(r) => {
+            let mut v = Vec::new();
+            socks5::write_reply(&mut v, r.socks(), socks5::UNSPECIFIED);
+            let _ = local.send(&v).await;
+            Ok(Err(r))
+        }
+        Ok(r) => {
+            let mut v = vec![socks5::VERSION, socks5::REP_SUCCEEDED, 0x00];
+            let mut addr = Vec::new();
+            socks5::write_connect(&mut addr, &r.bound);
+            v.extend_from_slice(&addr[3..]);
+            local.send(&v).await?;
+            Ok(Ok(
+                finish(local, r, st.cfg.timeouts.idle.0, Vec::new()).await
+            ))
+        }
+    }
+}
+
+/// Writes a small HTTP answer.
+async fn http_answer(
+    local: &mut Local,
+    code: u16,
+    reason: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) {
+    let mut v = Vec::new();
+    http::write_response(&mut v, code, reason, headers, body);
+    let _ = local.send(&v).await;
+}
+
+/// The PAC file: every request through this HTTP proxy, as the browser
+/// reached it.
+fn pac(proxy: &str) -> String {
+    format!("function FindProxyForURL(url, host) {{\n  return \"PROXY {proxy}\";\n}}\n")
+}
+
+/// HTTP proxy: CONNECT tunnels, absolute-form forwarding, `/proxy.pac`.
+async fn http_session(
+    local: &mut Local,
+    st: &State,
+    dest: &mut Option<Addr>,
+    route: &mut String,
+) -> Session {
+    let head = match local.next(http::parse_request, LocalError::Head).await {
+        Ok(h) => h,
+        Err(e) => {
+            if matches!(e, LocalError::Head(_)) {
+                http_answer(local, 400, "Bad Request", &[], "malformed HTTP request\n").await;
+            }
+            return Err(e);
+        }
+    };
+    if let Some(users) = &st.cfg.users {
+        let ok = head
+            .one("Proxy-Authorization")
+            .and_then(|v| auth::parse_basic(v).ok())
+            .is_some_and(|c| local_auth_ok(users, c.user.as_bytes(), c.field.as_bytes()));
+        if !ok {
+            http_answer(
+                local,
+                407,
+                "Proxy Authentication Required",
+                &[("Proxy-Authenticate", "Basic realm=\"websocks\"")],
+                "proxy authentication required\n",
+            )
+            .await;
+            return Err(LocalError::Auth);
+        }
+    }
+    let req = match proxy::interpret(&head) {
+        Ok(r) => r,
+        Err(e) => {
+            let body = match e {
+                ProxyError::Scheme => "only http:// URLs are forwarded; use CONNECT for others\n",
+                ProxyError::BadTarget => "bad request target\n",
+            };
+            http_answer(local, 400, "Bad Request", &[], body).await;
+            return Err(LocalError::Proxy(e));
+        }
+    };
+    let (addr, forward) = match req {
+        ProxyRequest::Local { path } => {
+            if path == "/proxy.pac" && head.first == "GET" {
+                let me = head
+                    .one("Host")
+                    .map(str::to_string)
+                    .or_else(|| local.stream.local_addr().ok().map(|a| a.to_string()))
+                    .unwrap_or_default();
+                http_answer(
+                    local,
+                    200,
+                    "OK",
+                    &[("Content-Type", "application/x-ns-proxy-autoconfig")],
+                    &pac(&me),
+                )
+                .await;
+            } else {
+                http_answer(
+                    local,
+                    404,
+                    "Not Found",
+                    &[],
+                    "this is a proxy; see /proxy.pac\n",
+                )
+                .await;
+            }
+            *route = "local".into();
+            return Err(LocalError::Gone("local request answered"));
+        }
+        ProxyRequest::Connect(a) => (a, None),
+        ProxyRequest::Forward { addr, head } => (addr, Some(head)),
+    };
+    *dest = Some(addr.clone());
+    match reach(st, &addr, route).await {
+        Err(r) => {
+            let (code, reason) = r.http();
+            http_answer(local, code, reason, &[], &format!("{r}\n")).await;
+            Ok(Err(r))
+        }
+        Ok(r) => {
+            let to_remote = match forward {
+                Some(h) => h,
+                None => {
+                    local
+                        .send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await?;
+                    Vec::new()
+                }
+            };
+            Ok(Ok(finish(local, r, st.cfg.timeouts.idle.0, to_remote).await))
+        }
+    }
+}
