@@ -141,7 +141,7 @@ fn run(path: &std::path::Path, want_server: bool, want_agent: bool) -> i32 {
             return EX_CONFIG;
         }
     };
-    crate::log::init(cfg.log_level);
+    crate::log::init(cfg.log_level, cfg.log_target, &cfg.syslog_socket);
     let server = if want_server { cfg.server } else { None };
     let agent = if want_agent { cfg.agent } else { None };
     let missing = match (want_server, want_agent) {

@@ -14,3 +14,4 @@ pub mod log;
 pub mod proto;
 pub mod relay;
 pub mod server;
+pub mod systemd;

@@ -146,8 +146,37 @@ pub struct File {
     /// `error`, `warn`, `info` (default) or `debug`.
     #[serde(default)]
     pub log_level: Option<LogLevel>,
+    /// `auto` (default), `stderr` or `syslog`.
+    #[serde(default)]
+    pub log_target: LogTarget,
+    /// The syslog socket, default `/dev/log`.
+    #[serde(default = "default_syslog_socket")]
+    pub syslog_socket: PathBuf,
+    /// On SIGTERM, how long live tunnels may finish before the process
+    /// exits anyway.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Dur,
     pub server: Option<ServerConfig>,
     pub agent: Option<agent::AgentConfig>,
+}
+
+fn default_syslog_socket() -> PathBuf {
+    PathBuf::from("/dev/log")
+}
+
+fn default_grace() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    /// stderr on a terminal; otherwise syslog when its socket exists.
+    #[default]
+    Auto,
+    Stderr,
+    Syslog,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -396,6 +425,9 @@ pub struct Server {
 pub struct Config {
     pub path: PathBuf,
     pub log_level: LogLevel,
+    pub log_target: LogTarget,
+    pub syslog_socket: PathBuf,
+    pub shutdown_grace: Duration,
     pub server: Option<Server>,
     pub agent: Option<agent::Agent>,
 }
@@ -625,6 +657,9 @@ fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> 
     Ok(Config {
         path: path.to_path_buf(),
         log_level: file.log_level.unwrap_or(LogLevel::Info),
+        log_target: file.log_target,
+        syslog_socket: file.syslog_socket,
+        shutdown_grace: file.shutdown_grace.0,
         server,
         agent,
     })

@@ -68,6 +68,12 @@ impl Daemon {
     pub fn start_via(wrapper: &[&str], args: &[&str], yaml: &str, listeners: usize) -> Daemon {
         let dir = temp_dir();
         let cfg = dir.join("websocks.yaml");
+        // Tests read the log from stderr, whatever `auto` would pick here.
+        let yaml = if yaml.contains("log_target") {
+            yaml.to_string()
+        } else {
+            format!("log_target: stderr\n{yaml}")
+        };
         std::fs::write(&cfg, yaml).unwrap();
         let bin = env!("CARGO_BIN_EXE_websocks");
         let mut cmd = match wrapper.split_first() {
