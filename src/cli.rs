@@ -134,7 +134,15 @@ pub fn main() -> i32 {
 /// Loads `path` and runs the wanted sections; a wanted section that is
 /// missing is a configuration error.
 fn run(path: &std::path::Path, want_server: bool, want_agent: bool) -> i32 {
-    let cfg = match config::load(path) {
+    // Sockets from systemd are taken first, before any thread exists.
+    let act = match crate::systemd::take_activated() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("websocks: {e}");
+            return EX_CONFIG;
+        }
+    };
+    let mut cfg = match config::load(path) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("{e}");
@@ -142,22 +150,30 @@ fn run(path: &std::path::Path, want_server: bool, want_agent: bool) -> i32 {
         }
     };
     crate::log::init(cfg.log_level, cfg.log_target, &cfg.syslog_socket);
-    let server = if want_server { cfg.server } else { None };
-    let agent = if want_agent { cfg.agent } else { None };
+    if !want_server {
+        cfg.server = None;
+    }
+    if !want_agent {
+        cfg.agent = None;
+    }
     let missing = match (want_server, want_agent) {
-        (true, false) if server.is_none() => Some("server"),
-        (false, true) if agent.is_none() => Some("agent"),
+        (true, false) if cfg.server.is_none() => Some("server"),
+        (false, true) if cfg.agent.is_none() => Some("agent"),
         _ => None,
     };
     if let Some(section) = missing {
         eprintln!("{}: no `{section}:` section", path.display());
         return EX_CONFIG;
     }
-    match daemon::run(server, agent) {
+    match daemon::run(cfg, act) {
         Ok(()) => EX_OK,
         Err(e) => {
             log::error!("{e}");
-            EX_OSERR
+            eprintln!("websocks: {e}");
+            match e {
+                daemon::StartError::Config(_) => EX_CONFIG,
+                daemon::StartError::Os(_) => EX_OSERR,
+            }
         }
     }
 }

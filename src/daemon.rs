@@ -1,18 +1,22 @@
-//! Process glue: bind the listeners, run the accept loops on a small smol
-//! executor, bound the number of connections, survive accept errors.
+//! Process glue: listeners (from systemd by name, or bound), accept loops
+//! on a small smol executor, connection limits, readiness and status
+//! notification, SIGHUP reload (all or nothing), SIGTERM/SIGINT drain.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use async_net::TcpListener;
+use async_signal::{Signal, Signals};
+use futures_lite::{FutureExt, StreamExt};
 use smol::Executor;
 
-use crate::config::Server;
-use crate::config::agent::Agent;
+use crate::config::{self, Config, Server};
+use crate::systemd::{self, Activated};
 use crate::{agent, server};
 
 /// Counts live connections; a slot is released when its guard drops.
@@ -56,6 +60,51 @@ impl Drop for Slot {
     }
 }
 
+/// Why the daemon could not start; each maps to one exit code in `cli`.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration or the systemd units do not fit (EX_CONFIG).
+    Config(String),
+    /// The OS refused, e.g. an address could not be bound (EX_OSERR).
+    Os(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(m) => f.write_str(m),
+            StartError::Os(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The configuration in force; a reload swaps whole snapshots, and each
+/// connection keeps the snapshot it started with.
+pub struct Live {
+    server: RwLock<Option<Arc<Server>>>,
+    agent: RwLock<Option<Arc<agent::State>>>,
+}
+
+impl Live {
+    fn server(&self) -> Option<Arc<Server>> {
+        self.server
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn agent(&self) -> Option<Arc<agent::State>> {
+        self.agent.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Agent(agent::Kind),
+}
+
 /// Accept errors that mean "out of a resource for now" rather than "this
 /// one connection failed": back off instead of spinning.
 fn is_resource_error(e: &io::Error) -> bool {
@@ -67,30 +116,15 @@ fn is_resource_error(e: &io::Error) -> bool {
     )
 }
 
-/// What a listener serves.
-#[derive(Clone)]
-pub enum Service {
-    Server(Arc<Server>),
-    Agent(Arc<agent::State>, agent::Kind),
-}
-
-impl Service {
-    fn max_connections(&self) -> usize {
-        match self {
-            Service::Server(c) => c.max_connections,
-            Service::Agent(st, _) => st.cfg.max_connections,
-        }
-    }
-}
-
-/// Accepts on `listener` forever, spawning one task per connection.
-pub async fn accept_loop(
+/// Accepts on `listener` until cancelled, one task per connection.
+async fn accept_loop(
     ex: Arc<Executor<'static>>,
     listener: TcpListener,
-    service: Service,
+    role: Role,
+    live: Arc<Live>,
     slots: Arc<Slots>,
 ) {
-    let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
+    let mut refused_logged = Instant::now() - Duration::from_secs(60);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -104,42 +138,180 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let max = service.max_connections();
+        // The snapshot in force now serves this connection to its end.
+        let (server, agent) = match role {
+            Role::Server => (live.server(), None),
+            Role::Agent(_) => (None, live.agent()),
+        };
+        let max = match (&server, &agent) {
+            (Some(s), _) => s.max_connections,
+            (_, Some(a)) => a.cfg.max_connections,
+            _ => continue,
+        };
         let Some(slot) = slots.take(max) else {
             // Over the limit: close at once; log at most once a second.
             if refused_logged.elapsed() >= Duration::from_secs(1) {
                 log::warn!("max_connections ({max}) reached: closing new connection from {peer}");
-                refused_logged = std::time::Instant::now();
+                refused_logged = Instant::now();
             }
             drop(stream);
             continue;
         };
-        let service = service.clone();
         ex.spawn(async move {
             let _slot = slot;
-            match service {
-                Service::Server(cfg) => server::serve(stream, peer, cfg).await,
-                Service::Agent(st, kind) => agent::serve(stream, peer, kind, st).await,
+            match (role, server, agent) {
+                (Role::Server, Some(cfg), _) => server::serve(stream, peer, cfg).await,
+                (Role::Agent(kind), _, Some(st)) => agent::serve(stream, peer, kind, st).await,
+                _ => {}
             }
         })
         .detach();
     }
 }
 
-/// Binds every configured address, or fails naming the one that did not.
-pub async fn bind_all(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
+/// One listening socket and what it serves.
+struct Listener {
+    role: Role,
+    socket: std::net::TcpListener,
+    from_systemd: bool,
+}
+
+/// The systemd socket name for each role (`FileDescriptorName=`).
+fn socket_name(role: Role) -> &'static str {
+    match role {
+        Role::Server => "websocks",
+        Role::Agent(agent::Kind::Socks5) => "socks5",
+        Role::Agent(agent::Kind::Http) => "http",
+        Role::Agent(agent::Kind::Mixed) => "mixed",
+    }
+}
+
+/// Takes each role's sockets from systemd by name, or binds its configured
+/// addresses.
+fn listeners(cfg: &Config, act: &mut Activated) -> Result<Vec<Listener>, StartError> {
+    let mut wanted: Vec<(Role, Vec<SocketAddr>)> = Vec::new();
+    if let Some(s) = &cfg.server {
+        wanted.push((Role::Server, s.listen.clone()));
+    }
+    if let Some(a) = &cfg.agent {
+        wanted.push((Role::Agent(agent::Kind::Socks5), a.socks5.clone()));
+        wanted.push((Role::Agent(agent::Kind::Http), a.http.clone()));
+        wanted.push((Role::Agent(agent::Kind::Mixed), a.mixed.clone()));
+    }
     let mut out = Vec::new();
-    for a in addrs {
-        let l = TcpListener::bind(a)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
-        out.push(l);
+    for (role, addrs) in wanted {
+        let passed = act.take(socket_name(role));
+        if !passed.is_empty() {
+            out.extend(passed.into_iter().map(|socket| Listener {
+                role,
+                socket,
+                from_systemd: true,
+            }));
+            continue;
+        }
+        for a in addrs {
+            let socket = systemd::bind(a).map_err(|e| {
+                StartError::Os(io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {a}: {e}"),
+                ))
+            })?;
+            out.push(Listener {
+                role,
+                socket,
+                from_systemd: false,
+            });
+        }
+    }
+    if !act.is_empty() {
+        return Err(StartError::Config(format!(
+            "systemd passed sockets named {:?} that no configured section uses; name them \
+             (FileDescriptorName=) websocks for the server, socks5, http or mixed for the agent",
+            act.leftover()
+        )));
+    }
+    // An agent listener reachable beyond loopback needs local users, whether
+    // it came from the config or from systemd.
+    if let Some(a) = &cfg.agent
+        && a.users.is_none()
+    {
+        for l in &out {
+            if let (Role::Agent(_), Ok(addr)) = (l.role, l.socket.local_addr())
+                && !crate::acl::canonical(addr.ip()).is_loopback()
+            {
+                return Err(StartError::Config(format!(
+                    "agent listener {addr} is reachable beyond loopback: add `agent.users`"
+                )));
+            }
+        }
     }
     Ok(out)
 }
 
-/// Runs the server and/or the agent until the process is killed.
-pub fn run(server: Option<Server>, agent: Option<Agent>) -> io::Result<()> {
+/// A one-line status for STATUS= and logs.
+fn status_line(live: &Live, slots: &[Arc<Slots>]) -> String {
+    let conns: usize = slots.iter().map(|s| s.live()).sum();
+    let mut parts = vec![format!("{conns} connections")];
+    if let Some(s) = live.server() {
+        parts.push(format!("{} users", s.users.0.len()));
+    }
+    if let Some(a) = live.agent() {
+        let (up, all) = a.upstreams.health();
+        parts.push(format!("{up}/{all} servers healthy"));
+    }
+    parts.join(", ")
+}
+
+/// Re-reads the file; applies all of it or nothing.
+fn reload(
+    path: &PathBuf,
+    live: &Live,
+    ex: &Executor<'static>,
+    bound: &[(Role, SocketAddr, bool)],
+) -> Result<String, String> {
+    let new = config::load(path).map_err(|e| e.to_string())?;
+    let mut changes = Vec::new();
+    let had_server = live.server().is_some();
+    let had_agent = live.agent().is_some();
+    if had_server != new.server.is_some() || had_agent != new.agent.is_some() {
+        return Err("sections added or removed: restart to apply".into());
+    }
+    if let Some(s) = new.server {
+        let old: Vec<SocketAddr> = bound
+            .iter()
+            .filter(|b| b.0 == Role::Server && !b.2)
+            .map(|b| b.1)
+            .collect();
+        if old.iter().any(|a| !s.listen.contains(a)) {
+            log::warn!("reload: server.listen changes take effect at the next restart");
+        }
+        changes.push(format!("{} users", s.users.0.len()));
+        *live.server.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(s));
+    }
+    if let Some(a) = new.agent {
+        let upstreams = agent::upstream::start(&a, ex);
+        changes.push(format!(
+            "{} servers, {} rules",
+            a.servers.len(),
+            a.routes.len()
+        ));
+        let st = Arc::new(agent::State { cfg: a, upstreams });
+        let old = live
+            .agent
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(st);
+        if let Some(old) = old {
+            old.upstreams.retire();
+        }
+    }
+    Ok(changes.join(", "))
+}
+
+/// Runs the loaded sections until SIGTERM or SIGINT, then drains.
+pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
+    let ls = listeners(&cfg, &mut act)?;
+    let signals = Signals::new([Signal::Hup, Signal::Term, Signal::Int]).map_err(StartError::Os)?;
     let ex = Arc::new(Executor::new());
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -148,44 +320,132 @@ pub fn run(server: Option<Server>, agent: Option<Agent>) -> io::Result<()> {
         let ex = ex.clone();
         std::thread::Builder::new()
             .name(format!("websocks-{i}"))
-            .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))?;
+            .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))
+            .map_err(StartError::Os)?;
     }
+    let path = cfg.path.clone();
+    let grace = cfg.shutdown_grace;
     smol::block_on(ex.run(async {
-        // Each side counts its own connections against its own limit.
-        let mut plan: Vec<(&str, Vec<SocketAddr>, Service, Arc<Slots>)> = Vec::new();
-        if let Some(cfg) = server {
-            let listen = cfg.listen.clone();
-            plan.push((
-                "server",
-                listen,
-                Service::Server(Arc::new(cfg)),
-                Arc::new(Slots::new()),
-            ));
+        let live = Arc::new(Live {
+            server: RwLock::new(cfg.server.map(Arc::new)),
+            agent: RwLock::new(None),
+        });
+        if let Some(a) = cfg.agent {
+            let upstreams = agent::upstream::start(&a, &ex);
+            *live.agent.write().unwrap_or_else(|e| e.into_inner()) =
+                Some(Arc::new(agent::State { cfg: a, upstreams }));
         }
-        if let Some(cfg) = agent {
-            let groups = agent::upstream::start(&cfg, &ex);
-            let lists = [
-                ("agent socks5", cfg.socks5.clone(), agent::Kind::Socks5),
-                ("agent http", cfg.http.clone(), agent::Kind::Http),
-                ("agent mixed", cfg.mixed.clone(), agent::Kind::Mixed),
-            ];
-            let st = Arc::new(agent::State { cfg, groups });
-            let slots = Arc::new(Slots::new());
-            for (name, addrs, kind) in lists {
-                if !addrs.is_empty() {
-                    plan.push((name, addrs, Service::Agent(st.clone(), kind), slots.clone()));
+        // Each side counts its own connections against its own limit.
+        let (server_slots, agent_slots) = (Arc::new(Slots::new()), Arc::new(Slots::new()));
+        let mut loops = Vec::new();
+        let mut bound = Vec::new();
+        for l in ls {
+            let addr = l.socket.local_addr().map_err(StartError::Os)?;
+            let what = match l.role {
+                Role::Server => "server",
+                Role::Agent(agent::Kind::Socks5) => "agent socks5",
+                Role::Agent(agent::Kind::Http) => "agent http",
+                Role::Agent(agent::Kind::Mixed) => "agent mixed",
+            };
+            let how = if l.from_systemd {
+                " (socket from systemd)"
+            } else {
+                ""
+            };
+            log::info!("{what} listening on {addr}{how}");
+            bound.push((l.role, addr, l.from_systemd));
+            let slots = if l.role == Role::Server {
+                &server_slots
+            } else {
+                &agent_slots
+            };
+            let listener = TcpListener::try_from(l.socket).map_err(StartError::Os)?;
+            loops.push(ex.spawn(accept_loop(
+                ex.clone(),
+                listener,
+                l.role,
+                live.clone(),
+                slots.clone(),
+            )));
+        }
+        let all_slots = [server_slots.clone(), agent_slots.clone()];
+        systemd::ready(&status_line(&live, &all_slots));
+
+        // Keep STATUS= current and feed the watchdog.
+        let status_task = {
+            let (live, all_slots) = (live.clone(), all_slots.clone());
+            ex.spawn(async move {
+                let mut last = String::new();
+                loop {
+                    Timer::after(Duration::from_secs(2)).await;
+                    let now = status_line(&live, &all_slots);
+                    if now != last {
+                        systemd::status(&now);
+                        last = now;
+                    }
+                }
+            })
+        };
+        let _watchdog = systemd::watchdog_interval().map(|every| {
+            ex.spawn(async move {
+                loop {
+                    systemd::watchdog();
+                    Timer::after(every).await;
+                }
+            })
+        });
+
+        let mut signals = signals;
+        while let Some(sig) = signals.next().await {
+            match sig {
+                Ok(Signal::Hup) => {
+                    systemd::reloading();
+                    match reload(&path, &live, &ex, &bound) {
+                        Ok(what) => {
+                            log::info!("reloaded {}: {what}", path.display());
+                            systemd::ready(&status_line(&live, &all_slots));
+                        }
+                        Err(e) => {
+                            log::error!("reload failed, keeping the running configuration: {e}");
+                            systemd::ready(&format!(
+                                "reload failed, running the old configuration: {e}"
+                            ));
+                        }
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => log::warn!("signal: {e}"),
+            }
+        }
+
+        // Stop accepting, then let live tunnels finish for the grace period.
+        drop(loops);
+        drop(status_task);
+        let live_now = || server_slots.live() + agent_slots.live();
+        log::info!(
+            "stopping: no longer accepting; draining {} connections for up to {grace:?}",
+            live_now()
+        );
+        systemd::stopping(&format!("stopping: draining {} connections", live_now()));
+        let deadline = Instant::now() + grace;
+        let drained = async {
+            while live_now() > 0 && Instant::now() < deadline {
+                Timer::after(Duration::from_millis(50)).await;
+            }
+        };
+        // A second SIGTERM or SIGINT ends the wait at once.
+        let again = async {
+            loop {
+                if let Some(Ok(Signal::Term | Signal::Int)) = signals.next().await {
+                    log::warn!("second stop signal: not waiting any longer");
+                    return;
                 }
             }
-        }
-        let mut loops = Vec::new();
-        for (name, addrs, service, slots) in plan {
-            for l in bind_all(&addrs).await? {
-                log::info!("{name} listening on {}", l.local_addr()?);
-                loops.push(ex.spawn(accept_loop(ex.clone(), l, service.clone(), slots.clone())));
-            }
-        }
-        for t in loops {
-            t.await;
+        };
+        drained.or(again).await;
+        match live_now() {
+            0 => log::info!("stopped"),
+            n => log::warn!("stopped after {grace:?} with {n} connections still open"),
         }
         Ok(())
     }))

@@ -5,7 +5,6 @@
 pub mod route;
 pub mod upstream;
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
@@ -25,7 +24,7 @@ use crate::proto::proxy::{self, ProxyError, ProxyRequest};
 use crate::proto::socks5::{self, Addr, SocksError};
 use crate::proto::{Parse, auth};
 use crate::relay;
-use upstream::{Group, UpError};
+use upstream::UpError;
 
 /// Which local protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +38,7 @@ pub enum Kind {
 /// What every agent connection shares.
 pub struct State {
     pub cfg: Agent,
-    pub groups: HashMap<String, Arc<Group>>,
+    pub upstreams: upstream::Upstreams,
 }
 
 /// Why a destination is not reached. Each maps to one SOCKS5 code and one
@@ -126,6 +125,7 @@ async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, R
         Action::Proxy => {
             *route = format!("proxy:{group}");
             let g = st
+                .upstreams
                 .groups
                 .get(group)
                 .ok_or(Refusal::NoServer(UpError::Upgrade(format!(

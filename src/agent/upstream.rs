@@ -214,6 +214,8 @@ fn still_open(s: &TcpStream) -> bool {
 pub struct Upstream {
     pub server: Server,
     healthy: AtomicBool,
+    /// Set when a reload replaced this server: its tasks end.
+    retired: AtomicBool,
     pool: Mutex<VecDeque<Pooled>>,
     wake: Sender<()>,
     woken: Receiver<()>,
@@ -225,6 +227,7 @@ impl Upstream {
         Upstream {
             server,
             healthy: AtomicBool::new(true),
+            retired: AtomicBool::new(false),
             pool: Mutex::new(VecDeque::new()),
             wake,
             woken,
@@ -233,6 +236,17 @@ impl Upstream {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Stops the pool and health tasks and closes pooled connections.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let _ = self.wake.try_send(());
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// Records a health state; logs changes.
@@ -275,7 +289,7 @@ impl Upstream {
     ) {
         let tick = keepalive.min(Duration::from_secs(5)) / 2;
         let mut backoff = Duration::from_millis(250);
-        loop {
+        while !self.is_retired() {
             // PONGs for those due, dropping the dead.
             let due: Vec<Pooled> = {
                 let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
@@ -307,7 +321,7 @@ impl Upstream {
             }
             // Refill.
             let mut failed = false;
-            while self.pooled() < size {
+            while self.pooled() < size && !self.is_retired() {
                 match upgrade(&self.server, timeout).await {
                     Ok(up) => {
                         self.set_health(true, "");
@@ -346,17 +360,23 @@ impl Upstream {
                 Timer::after(Duration::from_millis(50)).await;
             }
         }
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Checks health with a real upgrade every `interval`. Runs forever.
     pub async fn health_loop(self: Arc<Self>, interval: Duration, timeout: Duration) {
-        loop {
+        while !self.is_retired() {
             match upgrade(&self.server, timeout).await {
                 Ok(_) => self.set_health(true, ""),
                 Err(e) => self.set_health(false, &format!("health check: {e}")),
             }
             Timer::after(interval).await;
         }
+    }
+
+    /// Pooled connections ready now.
+    pub fn ready(&self) -> usize {
+        self.pooled()
     }
 }
 
@@ -441,18 +461,38 @@ impl Group {
     }
 }
 
+/// Upstreams and groups of one configuration generation.
+pub struct Upstreams {
+    pub all: Vec<Arc<Upstream>>,
+    pub groups: std::collections::HashMap<String, Arc<Group>>,
+}
+
+impl Upstreams {
+    /// Healthy servers and all servers, for STATUS=.
+    pub fn health(&self) -> (usize, usize) {
+        (
+            self.all.iter().filter(|u| u.is_healthy()).count(),
+            self.all.len(),
+        )
+    }
+
+    /// Ends this generation's background tasks (after a reload).
+    pub fn retire(&self) {
+        for u in &self.all {
+            u.retire();
+        }
+    }
+}
+
 /// Builds upstreams and groups, and starts pool and health tasks on `ex`.
-pub fn start(
-    cfg: &Agent,
-    ex: &smol::Executor<'static>,
-) -> std::collections::HashMap<String, Arc<Group>> {
-    let ups: Vec<Arc<Upstream>> = cfg
+pub fn start(cfg: &Agent, ex: &smol::Executor<'static>) -> Upstreams {
+    let all: Vec<Arc<Upstream>> = cfg
         .servers
         .iter()
         .cloned()
         .map(|s| Arc::new(Upstream::new(s)))
         .collect();
-    for up in &ups {
+    for up in &all {
         if cfg.pool.size > 0 {
             ex.spawn(up.clone().maintain_pool(
                 cfg.pool.size,
@@ -467,13 +507,15 @@ pub fn start(
         )
         .detach();
     }
-    cfg.groups
+    let groups = cfg
+        .groups
         .iter()
         .map(|(name, idx)| {
             (
                 name.clone(),
-                Arc::new(Group::new(idx.iter().map(|&i| ups[i].clone()).collect())),
+                Arc::new(Group::new(idx.iter().map(|&i| all[i].clone()).collect())),
             )
         })
-        .collect()
+        .collect();
+    Upstreams { all, groups }
 }
