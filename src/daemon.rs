@@ -4,7 +4,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -264,7 +263,7 @@ fn status_line(live: &Live, slots: &[Arc<Slots>]) -> String {
 
 /// Re-reads the file; applies all of it or nothing.
 fn reload(
-    path: &PathBuf,
+    path: &std::path::Path,
     live: &Live,
     ex: &Executor<'static>,
     bound: &[(Role, SocketAddr, bool)],
