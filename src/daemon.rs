@@ -368,13 +368,14 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
             )));
         }
         let all_slots = [server_slots.clone(), agent_slots.clone()];
-        systemd::ready(&status_line(&live, &all_slots));
+        let first = status_line(&live, &all_slots);
+        systemd::ready(&first);
 
         // Keep STATUS= current and feed the watchdog.
         let status_task = {
             let (live, all_slots) = (live.clone(), all_slots.clone());
             ex.spawn(async move {
-                let mut last = String::new();
+                let mut last = first;
                 loop {
                     Timer::after(Duration::from_secs(2)).await;
                     let now = status_line(&live, &all_slots);
