@@ -15,3 +15,4 @@ pub mod proto;
 pub mod relay;
 pub mod server;
 pub mod systemd;
+pub mod tls;

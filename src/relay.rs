@@ -2,14 +2,17 @@
 //! half-close (a FIN one way is passed on and the other way keeps flowing)
 //! and an idle timeout over both directions.
 
+use std::future::Future;
 use std::io;
-use std::net::Shutdown;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
-use async_net::TcpStream;
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt, future};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt, future};
+
+use crate::tls::Stream;
 
 /// Size of each direction's buffer.
 const BUF: usize = 64 * 1024;
@@ -48,6 +51,21 @@ pub struct Totals {
     pub end: End,
 }
 
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// A stream as separate read and write halves. Plain TCP uses two handles
+/// of the same socket (no lock); TLS is split around a lock.
+fn halves(s: Stream) -> (Reader, Writer) {
+    match s {
+        Stream::Plain(t) => (Box::new(t.clone()), Box::new(t)),
+        Stream::Tls(t) => {
+            let (r, w) = futures_lite::io::split(*t);
+            (Box::new(r), Box::new(w))
+        }
+    }
+}
+
 /// Which side an I/O error came from.
 enum Side {
     Reader,
@@ -57,8 +75,8 @@ enum Side {
 /// Copies `from` to `to` until EOF, then half-closes `to`. Counts bytes into
 /// `count` and stamps `last` (ms since `epoch`) on every chunk.
 async fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
+    mut from: Reader,
+    mut to: Writer,
     count: &AtomicU64,
     last: &AtomicU64,
     epoch: Instant,
@@ -67,8 +85,9 @@ async fn pump(
     loop {
         let n = from.read(&mut buf).await.map_err(|e| (Side::Reader, e))?;
         if n == 0 {
-            // Pass the FIN on; the other direction keeps going.
-            let _ = to.shutdown(Shutdown::Write);
+            // Pass the FIN on (TLS: close_notify, then FIN); the other
+            // direction keeps going.
+            let _ = to.close().await;
             return Ok(());
         }
         to.write_all(&buf[..n])
@@ -80,40 +99,51 @@ async fn pump(
 }
 
 /// Relays between `client` and `dest` until both directions are done, one
-/// fails, or nothing moves for `idle`.
-pub async fn relay(client: &TcpStream, dest: &TcpStream, idle: Duration) -> Totals {
-    // Each direction gets its own handles (clones share the socket).
+/// fails (then both are dropped, closing the sockets), or nothing moves for
+/// `idle`.
+pub async fn relay(client: Stream, dest: Stream, idle: Duration) -> Totals {
     let epoch = Instant::now();
     let (up, down, last) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
-    let kill = || {
-        let _ = client.shutdown(Shutdown::Both);
-        let _ = dest.shutdown(Shutdown::Both);
-    };
+    let (cr, cw) = halves(client);
+    let (dr, dw) = halves(dest);
     let both = async {
-        let a = async {
-            let r = pump(client.clone(), dest.clone(), &up, &last, epoch).await;
-            if r.is_err() {
-                kill();
+        let mut a = pin!(async {
+            pump(cr, dw, &up, &last, epoch)
+                .await
+                .map_err(|(side, e)| match side {
+                    Side::Reader => End::ClientError(e.kind()),
+                    Side::Writer => End::DestError(e.kind()),
+                })
+        });
+        let mut b = pin!(async {
+            pump(dr, cw, &down, &last, epoch)
+                .await
+                .map_err(|(side, e)| match side {
+                    Side::Reader => End::DestError(e.kind()),
+                    Side::Writer => End::ClientError(e.kind()),
+                })
+        });
+        let (mut a_done, mut b_done) = (false, false);
+        future::poll_fn(|cx| {
+            if !a_done && let Poll::Ready(r) = a.as_mut().poll(cx) {
+                if let Err(e) = r {
+                    return Poll::Ready(e);
+                }
+                a_done = true;
             }
-            r.map_err(|(side, e)| match side {
-                Side::Reader => End::ClientError(e.kind()),
-                Side::Writer => End::DestError(e.kind()),
-            })
-        };
-        let b = async {
-            let r = pump(dest.clone(), client.clone(), &down, &last, epoch).await;
-            if r.is_err() {
-                kill();
+            if !b_done && let Poll::Ready(r) = b.as_mut().poll(cx) {
+                if let Err(e) = r {
+                    return Poll::Ready(e);
+                }
+                b_done = true;
             }
-            r.map_err(|(side, e)| match side {
-                Side::Reader => End::DestError(e.kind()),
-                Side::Writer => End::ClientError(e.kind()),
-            })
-        };
-        match future::zip(a, b).await {
-            (Err(e), _) | (_, Err(e)) => e,
-            _ => End::Closed,
-        }
+            if a_done && b_done {
+                Poll::Ready(End::Closed)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     };
     let watchdog = async {
         loop {
@@ -121,7 +151,6 @@ pub async fn relay(client: &TcpStream, dest: &TcpStream, idle: Duration) -> Tota
                 .elapsed()
                 .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
             if quiet >= idle {
-                kill();
                 return End::Idle;
             }
             Timer::after(idle - quiet).await;

@@ -5,7 +5,7 @@
 //! greeting, request and first data right behind its HTTP request.
 
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +20,7 @@ use crate::proto::socks5::{self, Addr, SocksError};
 use crate::proto::ws::{self, FrameError, UpgradeError};
 use crate::proto::{Parse, auth};
 use crate::relay::{self, Totals};
+use crate::tls::{self, Stream};
 
 /// How a connection ended before relaying, for the log line. Each variant
 /// is answered on the wire in exactly one way, chosen in [`Failure::answer`].
@@ -145,7 +146,7 @@ impl std::fmt::Display for Failure {
 
 /// A connection's bytes in, with the handshake deadline.
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     deadline: Instant,
 }
@@ -213,14 +214,48 @@ struct Record {
     dest: Option<Addr>,
 }
 
-/// Serves one accepted connection to the end and logs one line.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
+/// Serves one accepted connection to the end and logs one line: TLS first
+/// when configured, then the handshake, then the relay.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
     let start = Instant::now();
+    let _ = tcp.set_nodelay(true);
+    let deadline = start + cfg.timeouts.handshake.0;
+    let stream = match &cfg.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => {
+            let accepted = tls::accept(tcp, tls.clone())
+                .or(async {
+                    Timer::at(deadline).await;
+                    Err(io::ErrorKind::TimedOut.into())
+                })
+                .await;
+            match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // Garbage, plain HTTP on the TLS port, an abandoned
+                    // handshake: this connection only.
+                    log::info!(
+                        "peer={peer} user=- dst=- up=0 down=0 duration={:.3}s end=rejected: TLS handshake: {e}",
+                        start.elapsed().as_secs_f64()
+                    );
+                    return;
+                }
+            }
+        }
+    };
     let mut rec = Record {
         user: None,
         dest: None,
     };
-    let result = handle(&stream, &cfg, &mut rec).await;
+    let mut c = Conn {
+        stream,
+        buf: Vec::with_capacity(1024),
+        deadline,
+    };
+    let result = match handshake(&mut c, &cfg, &mut rec).await {
+        Ok(dest) => Ok(relay_after(c, dest, cfg.timeouts.idle.0).await),
+        Err(f) => Err((f, c)),
+    };
     let user = rec.user.as_deref().unwrap_or("-");
     let dest = rec
         .dest
@@ -235,7 +270,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
             t.down,
             t.end
         ),
-        Err(f) => {
+        Err((f, mut c)) => {
             let level = match f {
                 Failure::Health | Failure::Gone(_) => log::Level::Debug,
                 _ => log::Level::Info,
@@ -253,7 +288,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
                 }
                 Answer::Socks(v) => v,
             };
-            close_gracefully(&stream, &bytes).await;
+            close_gracefully(&mut c.stream, &bytes).await;
         }
     }
 }
@@ -261,13 +296,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
 /// Sends a last answer, then half-closes and drains what the client still
 /// sends for a moment, so closing with unread input does not turn into a
 /// reset that destroys the answer before the client reads it.
-async fn close_gracefully(stream: &TcpStream, last: &[u8]) {
-    let mut s = stream.clone();
+async fn close_gracefully(s: &mut Stream, last: &[u8]) {
     let work = async {
         if !last.is_empty() {
             s.write_all(last).await?;
         }
-        s.shutdown(Shutdown::Write)?;
+        s.close().await?;
         let mut sink = [0u8; 4096];
         let mut left: usize = 256 * 1024;
         while left > 0 {
@@ -287,6 +321,23 @@ async fn close_gracefully(stream: &TcpStream, last: &[u8]) {
         .await;
 }
 
+/// Relays, starting with whatever the client sent early.
+async fn relay_after(c: Conn, mut dest: TcpStream, idle: Duration) -> Totals {
+    let early = c.buf;
+    if !early.is_empty()
+        && let Err(e) = dest.write_all(&early).await
+    {
+        return Totals {
+            up: 0,
+            down: 0,
+            end: relay::End::DestError(e.kind()),
+        };
+    }
+    let mut t = relay::relay(c.stream, Stream::Plain(dest), idle).await;
+    t.up += early.len() as u64;
+    t
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -294,15 +345,9 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The whole pipeline up to the end of the relay.
-async fn handle(stream: &TcpStream, cfg: &Server, rec: &mut Record) -> Result<Totals, Failure> {
-    let _ = stream.set_nodelay(true);
-    let mut c = Conn {
-        stream: stream.clone(),
-        buf: Vec::with_capacity(1024),
-        deadline: Instant::now() + cfg.timeouts.handshake.0,
-    };
-
+/// The handshake, up to the success reply: returns the connected
+/// destination.
+async fn handshake(c: &mut Conn, cfg: &Server, rec: &mut Record) -> Result<TcpStream, Failure> {
     // 1. HTTP head.
     let head = c.next(http::parse_request, Failure::Head).await?;
     if head.count("Upgrade") == 0
@@ -388,7 +433,7 @@ async fn handle(stream: &TcpStream, cfg: &Server, rec: &mut Record) -> Result<To
     }
 
     // 6. Connect, and only then answer.
-    let mut dest = dial(&req.addr, &cfg.acl, cfg.timeouts.connect.0)
+    let dest = dial(&req.addr, &cfg.acl, cfg.timeouts.connect.0)
         .await
         .map_err(Failure::Dial)?;
     let bound = match cfg.reply_address {
@@ -399,18 +444,5 @@ async fn handle(stream: &TcpStream, cfg: &Server, rec: &mut Record) -> Result<To
     socks5::write_reply(&mut out, socks5::REP_SUCCEEDED, bound);
     c.send(&out).await?;
 
-    // 7. Relay, starting with whatever the client sent early.
-    let early = std::mem::take(&mut c.buf);
-    if !early.is_empty()
-        && let Err(e) = dest.write_all(&early).await
-    {
-        return Ok(Totals {
-            up: 0,
-            down: 0,
-            end: relay::End::DestError(e.kind()),
-        });
-    }
-    let mut t = relay::relay(stream, &dest, cfg.timeouts.idle.0).await;
-    t.up += early.len() as u64;
-    Ok(t)
+    Ok(dest)
 }

@@ -24,6 +24,7 @@ use crate::proto::proxy::{self, ProxyError, ProxyRequest};
 use crate::proto::socks5::{self, Addr, SocksError};
 use crate::proto::{Parse, auth};
 use crate::relay;
+use crate::tls::Stream;
 use upstream::UpError;
 
 /// Which local protocol a listener speaks.
@@ -60,7 +61,7 @@ impl Refusal {
         match self {
             Refusal::Rejected => socks5::REP_NOT_ALLOWED,
             Refusal::Server(rep) => *rep,
-            Refusal::NoServer(UpError::Timeout) => socks5::REP_TTL_EXPIRED,
+            Refusal::NoServer(UpError::Timeout | UpError::ReplyTimeout) => socks5::REP_TTL_EXPIRED,
             Refusal::NoServer(_) => socks5::REP_GENERAL_FAILURE,
             Refusal::Direct(e) => crate::server::dial_reply(e),
         }
@@ -88,7 +89,7 @@ impl std::fmt::Display for Refusal {
 
 /// An open path to the destination.
 struct Reached {
-    remote: TcpStream,
+    remote: Stream,
     /// Destination bytes already received.
     early: Vec<u8>,
     /// BND.ADDR for a SOCKS5 reply.
@@ -117,7 +118,7 @@ async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, R
                 .map_err(Refusal::Direct)?;
             let bound = Addr::Ip(remote.local_addr().unwrap_or(socks5::UNSPECIFIED));
             Ok(Reached {
-                remote,
+                remote: Stream::Plain(remote),
                 early: Vec::new(),
                 bound,
             })
@@ -132,7 +133,7 @@ async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, R
                     "no group {group}"
                 ))))?;
             let opened = g
-                .open(dest, timeout)
+                .open(dest, timeout, st.cfg.timeouts.reply.0)
                 .await
                 .map_err(|e| Refusal::NoServer(e.last))?;
             route.push_str(&format!(
@@ -332,7 +333,7 @@ async fn finish(
             end: relay::End::DestError(io::ErrorKind::BrokenPipe),
         };
     }
-    let mut t = relay::relay(&local.stream, &remote, idle).await;
+    let mut t = relay::relay(Stream::Plain(local.stream.clone()), remote, idle).await;
     t.up += early_up;
     t.down += early_down;
     t
@@ -350,7 +351,9 @@ async fn socks_session(
     let greeting = match local.next(socks5::parse_greeting, LocalError::Socks).await {
         Ok(g) => g,
         Err(e) => {
-            if matches!(e, LocalError::Socks(_)) {
+            // Not SOCKS5 at all (an HTTP request, SOCKS4): just close. A
+            // SOCKS5 greeting without methods: no acceptable method.
+            if matches!(e, LocalError::Socks(SocksError::NoMethods)) {
                 let _ = local
                     .send(&[socks5::VERSION, socks5::METHOD_NONE_ACCEPTABLE])
                     .await;

@@ -17,6 +17,7 @@ use smol::channel::{Receiver, Sender};
 use crate::config::agent::{Agent, Server};
 use crate::proto::socks5::{self, Addr, Reply};
 use crate::proto::{Parse, auth, http, ws};
+use crate::tls::{self, Stream};
 
 /// Why a server could not be used.
 #[derive(Debug)]
@@ -29,6 +30,9 @@ pub enum UpError {
     Upgrade(String),
     /// The server broke the protocol after the 101, or closed.
     Protocol(String),
+    /// The server took the request but did not answer in time: the
+    /// destination is slow, the server is fine.
+    ReplyTimeout,
 }
 
 impl std::fmt::Display for UpError {
@@ -38,6 +42,7 @@ impl std::fmt::Display for UpError {
             UpError::Timeout => f.write_str("timed out"),
             UpError::Upgrade(m) => write!(f, "upgrade refused: {m}"),
             UpError::Protocol(m) => write!(f, "protocol error: {m}"),
+            UpError::ReplyTimeout => f.write_str("no SOCKS5 reply in time (destination slow)"),
         }
     }
 }
@@ -64,7 +69,7 @@ async fn within<T>(
 /// Reads into `buf` until `parse` completes; returns the message and drains
 /// the bytes it used.
 async fn read_msg<T, E: std::fmt::Debug>(
-    s: &mut TcpStream,
+    s: &mut Stream,
     buf: &mut Vec<u8>,
     parse: impl Fn(&[u8]) -> Result<Parse<T>, E>,
     what: &str,
@@ -92,7 +97,7 @@ async fn read_msg<T, E: std::fmt::Debug>(
 
 /// An upgraded connection: the 101 is in, nothing else sent yet.
 pub struct Upgraded {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes the server sent after its 101 head (none from a conforming one).
     pub extra: Vec<u8>,
 }
@@ -119,8 +124,14 @@ pub async fn upgrade(server: &Server, timeout: Duration) -> Result<Upgraded, UpE
                 Err(e) => last = e,
             }
         }
-        let mut s = stream.ok_or(UpError::Connect(last))?;
-        let _ = s.set_nodelay(true);
+        let tcp = stream.ok_or(UpError::Connect(last))?;
+        let _ = tcp.set_nodelay(true);
+        let mut s = match &server.tls {
+            None => Stream::Plain(tcp),
+            Some((cfg, name)) => tls::connect(tcp, cfg.clone(), name.clone())
+                .await
+                .map_err(|e| UpError::Connect(io::Error::new(e.kind(), format!("TLS: {e}"))))?,
+        };
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw).map_err(|e| UpError::Connect(io::Error::other(e.to_string())))?;
         let key = ws::key_from(raw);
@@ -163,15 +174,26 @@ pub async fn upgrade(server: &Server, timeout: Duration) -> Result<Upgraded, UpE
 /// succeeded. `early` holds destination bytes that came with the reply.
 pub struct Tunnel {
     pub reply: Reply,
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub early: Vec<u8>,
 }
 
 /// Sends frame + greeting + CONNECT in one write and reads the server's
 /// frame, method choice and reply.
-pub async fn open(up: Upgraded, dest: &Addr, timeout: Duration) -> Result<Tunnel, UpError> {
+/// Sends frame + greeting + CONNECT in one write and reads the server's
+/// frame and method choice within `timeout` (they come at once from a live
+/// server, so silence means a dead connection), then its reply within
+/// `reply_timeout` (the server is connecting to the destination meanwhile;
+/// silence then means a slow destination, not a bad server).
+pub async fn open(
+    up: Upgraded,
+    dest: &Addr,
+    timeout: Duration,
+    reply_timeout: Duration,
+) -> Result<Tunnel, UpError> {
     let Upgraded { mut stream, extra } = up;
-    within(Instant::now() + timeout, async move {
+    let mut buf = extra;
+    within(Instant::now() + timeout, async {
         let mut out = ws::FRAME.to_vec();
         socks5::write_greeting(&mut out, &[socks5::METHOD_NO_AUTH]);
         socks5::write_connect(&mut out, dest);
@@ -179,7 +201,6 @@ pub async fn open(up: Upgraded, dest: &Addr, timeout: Duration) -> Result<Tunnel
             .write_all(&out)
             .await
             .map_err(|e| UpError::Protocol(format!("writing request: {e}")))?;
-        let mut buf = extra;
         read_msg(&mut stream, &mut buf, ws::check_frame, "frame").await?;
         let method = read_msg(&mut stream, &mut buf, socks5::parse_choice, "method choice").await?;
         if method != socks5::METHOD_NO_AUTH {
@@ -187,14 +208,20 @@ pub async fn open(up: Upgraded, dest: &Addr, timeout: Duration) -> Result<Tunnel
                 "server chose method {method:#04x}"
             )));
         }
-        let reply = read_msg(&mut stream, &mut buf, socks5::parse_reply, "reply").await?;
-        Ok(Tunnel {
-            reply,
-            stream,
-            early: buf,
-        })
+        Ok(())
     })
-    .await
+    .await?;
+    let reply = read_msg(&mut stream, &mut buf, socks5::parse_reply, "reply")
+        .or(async {
+            Timer::after(reply_timeout).await;
+            Err(UpError::ReplyTimeout)
+        })
+        .await?;
+    Ok(Tunnel {
+        reply,
+        stream,
+        early: buf,
+    })
 }
 
 /// A pooled connection and when it last sent a PONG.
@@ -205,9 +232,11 @@ struct Pooled {
 
 /// Is a pooled connection still open? A conforming server sends nothing
 /// before our frame, so anything readable (data, EOF, error) means dead.
-fn still_open(s: &TcpStream) -> bool {
+fn still_open(s: &mut Stream) -> bool {
+    // A read that would block means nothing arrived: alive. TLS records
+    // without data (session tickets) are consumed by rustls and block too.
     let mut b = [0u8; 1];
-    future::block_on(future::poll_once(s.peek(&mut b))).is_none()
+    future::block_on(future::poll_once(s.read(&mut b))).is_none()
 }
 
 /// One server: its pool and health.
@@ -264,8 +293,8 @@ impl Upstream {
     fn take_pooled(&self) -> Option<Upgraded> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let mut found = None;
-        while let Some(p) = pool.pop_front() {
-            if still_open(&p.up.stream) {
+        while let Some(mut p) = pool.pop_front() {
+            if still_open(&mut p.up.stream) {
                 found = Some(p.up);
                 break;
             }
@@ -297,11 +326,15 @@ impl Upstream {
                 let (due, fresh): (Vec<_>, Vec<_>) = all
                     .into_iter()
                     .partition(|p| p.last_pong.elapsed() >= keepalive);
-                pool.extend(fresh.into_iter().filter(|p| still_open(&p.up.stream)));
+                pool.extend(
+                    fresh
+                        .into_iter()
+                        .filter_map(|mut p| still_open(&mut p.up.stream).then_some(p)),
+                );
                 due
             };
             for mut p in due {
-                let ok = still_open(&p.up.stream)
+                let ok = still_open(&mut p.up.stream)
                     && p.up
                         .stream
                         .write_all(&ws::PONG)
@@ -411,7 +444,12 @@ impl Group {
     /// round-robin, failing over on connect/upgrade errors. A pooled
     /// connection that turns out dead is retried once on a fresh one.
     /// A SOCKS5 error reply from a server is a result, not a failure.
-    pub async fn open(&self, dest: &Addr, timeout: Duration) -> Result<Opened, GroupError> {
+    pub async fn open(
+        &self,
+        dest: &Addr,
+        timeout: Duration,
+        reply_timeout: Duration,
+    ) -> Result<Opened, GroupError> {
         let n = self.members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut order: Vec<&Arc<Upstream>> =
@@ -420,12 +458,19 @@ impl Group {
         let mut last = UpError::Upgrade("no server".into());
         for up in order {
             if let Some(p) = up.take_pooled() {
-                match open(p, dest, timeout).await {
+                match open(p, dest, timeout, reply_timeout).await {
                     Ok(tunnel) => {
                         return Ok(Opened {
                             server: up.server.name.clone(),
                             pooled: true,
                             tunnel,
+                        });
+                    }
+                    // The server answered the frame: it is alive, the
+                    // destination is slow. No retry, no failover.
+                    Err(UpError::ReplyTimeout) => {
+                        return Err(GroupError {
+                            last: UpError::ReplyTimeout,
                         });
                     }
                     Err(e) => log::debug!(
@@ -442,13 +487,18 @@ impl Group {
                     continue;
                 }
             };
-            match open(fresh, dest, timeout).await {
+            match open(fresh, dest, timeout, reply_timeout).await {
                 Ok(tunnel) => {
                     up.set_health(true, "");
                     return Ok(Opened {
                         server: up.server.name.clone(),
                         pooled: false,
                         tunnel,
+                    });
+                }
+                Err(UpError::ReplyTimeout) => {
+                    return Err(GroupError {
+                        last: UpError::ReplyTimeout,
                     });
                 }
                 Err(e) => {
@@ -486,6 +536,13 @@ impl Upstreams {
 
 /// Builds upstreams and groups, and starts pool and health tasks on `ex`.
 pub fn start(cfg: &Agent, ex: &smol::Executor<'static>) -> Upstreams {
+    for s in cfg.servers.iter().filter(|s| s.insecure) {
+        log::warn!(
+            "server {}: insecure_skip_verify is on: its TLS certificate is NOT checked; \
+             anyone on the path can read and change this traffic",
+            s.name
+        );
+    }
     let all: Vec<Arc<Upstream>> = cfg
         .servers
         .iter()

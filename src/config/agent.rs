@@ -83,6 +83,15 @@ pub struct ServerEntry {
     /// when connecting by address).
     #[serde(default)]
     pub host: Option<String>,
+    /// wss://: extra trusted CA certificates (PEM), besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// wss://: the name sent as SNI and verified, instead of the URL's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// wss://: accept any certificate. Off by default; logged loudly.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// A parsed `ws://` URL.
@@ -92,13 +101,7 @@ pub struct Url(pub WsUrl);
 impl FromStr for Url {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let u = parse_ws_url(s)?;
-        if u.tls {
-            return Err(format!(
-                "`{s}`: wss:// (TLS) is not supported yet; use ws:// (e.g. behind a TLS-terminating tunnel)"
-            ));
-        }
-        Ok(Url(u))
+        Ok(Url(parse_ws_url(s)?))
     }
 }
 
@@ -176,6 +179,15 @@ pub struct AgentTimeouts {
     /// No byte either way for this long closes the tunnel.
     #[serde(default = "d300")]
     pub idle: Dur,
+    /// After a server took a CONNECT, how long its reply may take (it is
+    /// connecting to the destination meanwhile; keep this above the
+    /// server's own connect timeout so its real answer, e.g. 06, arrives).
+    #[serde(default = "d30")]
+    pub reply: Dur,
+}
+
+fn d30() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 
 fn d10() -> Dur {
@@ -191,6 +203,7 @@ impl Default for AgentTimeouts {
             handshake: d10(),
             connect: d10(),
             idle: d300(),
+            reply: d30(),
         }
     }
 }
@@ -263,6 +276,13 @@ pub struct Server {
     pub user: String,
     pub digest: Secret,
     pub host_header: String,
+    /// wss:// without certificate verification.
+    pub insecure: bool,
+    /// For wss://: the client configuration and the name to verify.
+    pub tls: Option<(
+        std::sync::Arc<rustls::ClientConfig>,
+        rustls_pki_types::ServerName<'static>,
+    )>,
 }
 
 /// A validated routing rule.
@@ -305,6 +325,7 @@ fn is_loopback(a: &SocketAddr) -> bool {
 /// Checks the agent section; `err(key, msg)` builds a located error.
 pub fn validate(
     a: AgentConfig,
+    base: &std::path::Path,
     err: &dyn Fn(&str, String) -> super::ConfigError,
 ) -> Result<Agent, super::ConfigError> {
     let lists = [
@@ -321,7 +342,7 @@ pub fn validate(
                 return Err(err(key, "at least one address is required".into()));
             }
             for addr in &l.listen {
-                if !seen.insert(addr.0) {
+                if addr.0.port() != 0 && !seen.insert(addr.0) {
                     return Err(err(key, format!("{} is listed twice", addr.0)));
                 }
                 if !is_loopback(&addr.0) && open.is_none() {
@@ -407,7 +428,28 @@ pub fn validate(
             None if url.port == default_port => bracket(&url.host),
             None => format!("{}:{}", bracket(&url.host), url.port),
         };
+        let tls = if url.tls {
+            let ca = s.ca_file.as_ref().map(|f| base.join(f));
+            let cfg = crate::tls::client_config(ca.as_deref(), s.insecure_skip_verify)
+                .map_err(|m| err(&key, format!("server `{}`: {m}", s.name)))?;
+            let name = crate::tls::server_name(s.sni.as_deref().unwrap_or(&url.host))
+                .map_err(|m| err(&key, format!("server `{}`: {m}", s.name)))?;
+            Some((cfg, name))
+        } else {
+            if s.ca_file.is_some() || s.sni.is_some() || s.insecure_skip_verify {
+                return Err(err(
+                    &key,
+                    format!(
+                        "server `{}`: ca_file, sni and insecure_skip_verify need a wss:// url",
+                        s.name
+                    ),
+                ));
+            }
+            None
+        };
         servers.push(Server {
+            tls,
+            insecure: s.insecure_skip_verify,
             name: s.name.clone(),
             url,
             user: s.user.clone(),
@@ -476,6 +518,7 @@ pub fn validate(
         ("agent.timeouts.handshake", a.timeouts.handshake),
         ("agent.timeouts.connect", a.timeouts.connect),
         ("agent.timeouts.idle", a.timeouts.idle),
+        ("agent.timeouts.reply", a.timeouts.reply),
         ("agent.pool.keepalive", a.pool.keepalive),
         ("agent.health.interval", a.health.interval),
         ("agent.health.timeout", a.health.timeout),

@@ -225,6 +225,19 @@ pub struct ServerConfig {
     /// balancer health checks. Off by default.
     #[serde(default)]
     pub health_path: Option<String>,
+    /// Serve TLS (wss://) on every listener.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for the server's TLS, re-read on reload.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 fn default_max_connections() -> usize {
@@ -418,6 +431,8 @@ pub struct Server {
     /// Where users came from, for reloads.
     pub users_file: Option<PathBuf>,
     pub inline_users: Vec<User>,
+    /// TLS, when configured.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// A loaded, validated file.
@@ -456,18 +471,44 @@ fn yaml_error(path: &Path, e: serde_yaml::Error) -> ConfigError {
 /// text, for errors found after parsing. Best effort: the line of the last
 /// key's first occurrence after its parents.
 fn locate(text: &str, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
     let mut from = 0;
     let mut line = None;
     for part in key.split('.') {
         let name = part.split('[').next().unwrap_or(part);
-        let (i, l) = text.lines().enumerate().skip(from).find(|(_, l)| {
-            l.trim_start()
+        let i = (from..lines.len()).find(|&i| {
+            lines[i]
+                .trim_start()
                 .trim_start_matches("- ")
                 .starts_with(&format!("{name}:"))
         })?;
-        from = i + 1;
-        line = Some(i + 1);
-        let _ = l;
+        let mut at = i;
+        // `name[N]` in block style: the Nth `- ` item below the key.
+        if let Some(n) = part
+            .split('[')
+            .nth(1)
+            .and_then(|r| r.trim_end_matches(']').parse::<usize>().ok())
+        {
+            let items: Vec<usize> = (i + 1..lines.len())
+                .take_while(|&k| {
+                    lines[k].trim().is_empty()
+                        || indent(lines[k]) > indent(lines[i])
+                        || lines[k].trim_start().starts_with("- ")
+                })
+                .filter(|&k| lines[k].trim_start().starts_with("- "))
+                .collect();
+            let depth = items.first().map(|&k| indent(lines[k]));
+            let same: Vec<usize> = items
+                .into_iter()
+                .filter(|&k| Some(indent(lines[k])) == depth)
+                .collect();
+            if let Some(&k) = same.get(n) {
+                at = k;
+            }
+        }
+        from = at + 1;
+        line = Some(at + 1);
     }
     line
 }
@@ -603,7 +644,7 @@ fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> 
             }
             let mut seen = std::collections::HashSet::new();
             for l in &s.listen {
-                if !seen.insert(l.0) {
+                if l.0.port() != 0 && !seen.insert(l.0) {
                     return Err(err("server.listen", format!("{} is listed twice", l.0)));
                 }
             }
@@ -627,6 +668,13 @@ fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> 
                     format!("`{p}` must start with /"),
                 ));
             }
+            let tls = match &s.tls {
+                None => None,
+                Some(t) => Some(
+                    crate::tls::server_config(&base.join(&t.cert), &base.join(&t.key))
+                        .map_err(|m| err("server.tls", m))?,
+                ),
+            };
             let users_file = s.users_file.as_ref().map(|f| base.join(f));
             let users = build_users(&s.users, users_file.as_deref(), path, text)?;
             Some(Server {
@@ -639,12 +687,13 @@ fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> 
                 health_path: s.health_path,
                 users_file,
                 inline_users: s.users,
+                tls,
             })
         }
     };
     let agent = match file.agent {
         None => None,
-        Some(a) => Some(agent::validate(a, &err)?),
+        Some(a) => Some(agent::validate(a, base, &err)?),
     };
     if server.is_none() && agent.is_none() {
         return Err(ConfigError {
@@ -747,6 +796,9 @@ mod tests {
         let t = "log_level: info\nserver:\n  listen: []\n  timeouts:\n    idle: 0s\n";
         assert_eq!(locate(t, "server.timeouts.idle"), Some(5));
         assert_eq!(locate(t, "server.listen"), Some(3));
+        let t = "agent:\n  servers:\n    - name: a\n      url: x\n    - name: b\n      sni: y\n";
+        assert_eq!(locate(t, "agent.servers[1]"), Some(5));
+        assert_eq!(locate(t, "agent.servers[0]"), Some(3));
     }
 
     #[test]

@@ -226,7 +226,13 @@ pub fn write_response(
         out.extend_from_slice(b"\r\n");
     }
     if code != 101 {
-        out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n");
+        if !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("Content-Type"))
+        {
+            out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
+        }
+        out.extend_from_slice(b"Connection: close\r\n");
         out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
     }
     out.extend_from_slice(b"\r\n");

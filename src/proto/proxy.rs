@@ -99,18 +99,19 @@ pub fn interpret(head: &Head) -> Result<ProxyRequest, ProxyError> {
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
         .collect();
-    let mut out = format!("{} {} {}\r\n", head.first, path, head.third).into_bytes();
-    let mut has_host = false;
+    // The Host header is the URL's authority (RFC 9112 section 3.2.2), whatever
+    // the client sent.
+    let mut out = format!(
+        "{} {} {}\r\nHost: {authority}\r\n",
+        head.first, path, head.third
+    )
+    .into_bytes();
     for (n, v) in &head.headers {
         let lower = n.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str()) || named.contains(&lower) {
+        if lower == "host" || HOP_BY_HOP.contains(&lower.as_str()) || named.contains(&lower) {
             continue;
         }
-        has_host |= lower == "host";
         out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
-    }
-    if !has_host {
-        out.extend_from_slice(format!("Host: {authority}\r\n").as_bytes());
     }
     // One request per tunnel: the origin closes after answering, so the
     // response needs no parsing here to find its end.
@@ -206,7 +207,7 @@ mod tests {
     #[test]
     fn forward_rewrites_the_head() {
         let h = parse(
-            "GET http://example.com:8080/a?b=1 HTTP/1.1\r\nHost: example.com:8080\r\n\
+            "GET http://example.com:8080/a?b=1 HTTP/1.1\r\nHost: other.example\r\n\
              Proxy-Connection: keep-alive\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nAccept: */*\r\n\r\n",
         );
         let Ok(ProxyRequest::Forward { addr, head }) = interpret(&h) else {
