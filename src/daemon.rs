@@ -307,8 +307,38 @@ fn reload(
     Ok(changes.join(", "))
 }
 
+/// Raises the soft descriptor limit to the hard one: each tunnel holds two
+/// sockets per process (more while splicing), and the default soft limit
+/// (often 1024) would cap a daemon at a few hundred tunnels.
+fn raise_nofile(cfg: &Config) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let r = getrlimit(Resource::Nofile);
+    let target = r.maximum.unwrap_or(1 << 20);
+    if r.current.is_some_and(|c| c < target) {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: r.maximum,
+            },
+        );
+    }
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let want = cfg.server.as_ref().map_or(0, |s| s.max_connections) as u64 * 2
+        + cfg.agent.as_ref().map_or(0, |a| a.max_connections) as u64 * 2
+        + 64;
+    if now < want {
+        log::warn!(
+            "descriptor limit {now} is below what max_connections may need ({want}); raise LimitNOFILE"
+        );
+    } else {
+        log::debug!("descriptor limit {now}");
+    }
+}
+
 /// Runs the loaded sections until SIGTERM or SIGINT, then drains.
 pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
+    raise_nofile(&cfg);
     let ls = listeners(&cfg, &mut act)?;
     let signals = Signals::new([Signal::Hup, Signal::Term, Signal::Int]).map_err(StartError::Os)?;
     let ex = Arc::new(Executor::new());

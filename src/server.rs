@@ -223,7 +223,9 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
     let stream = match &cfg.tls {
         None => Stream::Plain(tcp),
         Some(tls) => {
-            let accepted = tls::accept(tcp, tls.clone())
+            // Boxed, like the handshake below: its state is freed before the
+            // relay, so an idle tunnel's task stays small.
+            let accepted = Box::pin(tls::accept(tcp, tls.clone()))
                 .or(async {
                     Timer::at(deadline).await;
                     Err(io::ErrorKind::TimedOut.into())
@@ -252,7 +254,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
         buf: Vec::with_capacity(1024),
         deadline,
     };
-    let result = match handshake(&mut c, &cfg, &mut rec).await {
+    let result = match Box::pin(handshake(&mut c, &cfg, &mut rec)).await {
         Ok(dest) => Ok(relay_after(c, dest, cfg.timeouts.idle.0).await),
         Err(f) => Err((f, c)),
     };
@@ -324,6 +326,7 @@ async fn close_gracefully(s: &mut Stream, last: &[u8]) {
 /// Relays, starting with whatever the client sent early.
 async fn relay_after(c: Conn, mut dest: TcpStream, idle: Duration) -> Totals {
     let early = c.buf;
+    let sent = early.len() as u64;
     if !early.is_empty()
         && let Err(e) = dest.write_all(&early).await
     {
@@ -333,8 +336,9 @@ async fn relay_after(c: Conn, mut dest: TcpStream, idle: Duration) -> Totals {
             end: relay::End::DestError(e.kind()),
         };
     }
+    drop(early);
     let mut t = relay::relay(c.stream, Stream::Plain(dest), idle).await;
-    t.up += early.len() as u64;
+    t.up += sent;
     t
 }
 

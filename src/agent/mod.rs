@@ -270,9 +270,18 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
     };
     let mut dest = None;
     let mut route = String::from("-");
-    let result = match kind {
-        Kind::Socks5 => socks_session(&mut local, &st, &mut dest, &mut route).await,
-        _ => http_session(&mut local, &st, &mut dest, &mut route).await,
+    // The handshake's state is boxed and freed before the relay, so an idle
+    // tunnel's task stays small.
+    let opened = match kind {
+        Kind::Socks5 => Box::pin(socks_session(&mut local, &st, &mut dest, &mut route)).await,
+        _ => Box::pin(http_session(&mut local, &st, &mut dest, &mut route)).await,
+    };
+    let result = match opened {
+        Ok(Ok((r, to_remote))) => Ok(Ok(
+            finish(&mut local, r, st.cfg.timeouts.idle.0, to_remote).await
+        )),
+        Ok(Err(r)) => Ok(Err(r)),
+        Err(e) => Err(e),
     };
     let via = if kind == Kind::Socks5 {
         "socks5"
@@ -297,7 +306,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
             "agent peer={peer} via={via} dst={dst} route={route} duration={secs:.3}s end=rejected: {e}"
         ),
     }
-    close_gracefully(stream).await;
+    Box::pin(close_gracefully(stream)).await;
 }
 
 /// Half-closes and drains briefly, so a last answer is not lost to a reset.
@@ -323,6 +332,7 @@ async fn finish(
         mut remote, early, ..
     } = r;
     to_remote.append(&mut local.buf);
+    local.buf = Vec::new();
     let (early_down, early_up) = (early.len() as u64, to_remote.len() as u64);
     if (!early.is_empty() && local.stream.write_all(&early).await.is_err())
         || (!to_remote.is_empty() && remote.write_all(&to_remote).await.is_err())
@@ -333,13 +343,16 @@ async fn finish(
             end: relay::End::DestError(io::ErrorKind::BrokenPipe),
         };
     }
+    drop((early, to_remote));
     let mut t = relay::relay(Stream::Plain(local.stream.clone()), remote, idle).await;
     t.up += early_up;
     t.down += early_down;
     t
 }
 
-type Session = Result<Result<relay::Totals, Refusal>, LocalError>;
+/// A local session up to the open path: what to relay, a refusal that was
+/// answered, or bad local input.
+type Session = Result<Result<(Reached, Vec<u8>), Refusal>, LocalError>;
 
 /// SOCKS5 (RFC 1928), with RFC 1929 when local users are configured.
 async fn socks_session(
@@ -427,9 +440,7 @@ async fn socks_session(
             socks5::write_connect(&mut addr, &r.bound);
             v.extend_from_slice(&addr[3..]);
             local.send(&v).await?;
-            Ok(Ok(
-                finish(local, r, st.cfg.timeouts.idle.0, Vec::new()).await
-            ))
+            Ok(Ok((r, Vec::new())))
         }
     }
 }
@@ -546,7 +557,7 @@ async fn http_session(
                     Vec::new()
                 }
             };
-            Ok(Ok(finish(local, r, st.cfg.timeouts.idle.0, to_remote).await))
+            Ok(Ok((r, to_remote)))
         }
     }
 }
