@@ -82,6 +82,8 @@ impl std::fmt::Display for StartError {
 pub struct Live {
     server: RwLock<Option<Arc<Server>>>,
     agent: RwLock<Option<Arc<agent::State>>>,
+    /// `shutdown_grace` in milliseconds, reloadable.
+    grace_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Live {
@@ -275,19 +277,25 @@ fn reload(
     if had_server != new.server.is_some() || had_agent != new.agent.is_some() {
         return Err("sections added or removed: restart to apply".into());
     }
+    // Applied at once: level and grace. Where logs go, and listeners, are
+    // kept until a restart.
+    crate::log::set_level(new.log_level);
+    live.grace_ms
+        .store(new.shutdown_grace.as_millis() as u64, Ordering::Relaxed);
     if let Some(s) = new.server {
-        let old: Vec<SocketAddr> = bound
-            .iter()
-            .filter(|b| b.0 == Role::Server && !b.2)
-            .map(|b| b.1)
-            .collect();
-        if old.iter().any(|a| !s.listen.contains(a)) {
+        let old = live.server().map(|o| o.listen.clone()).unwrap_or_default();
+        if old != s.listen && bound.iter().any(|b| b.0 == Role::Server && !b.2) {
             log::warn!("reload: server.listen changes take effect at the next restart");
         }
         changes.push(format!("{} users", s.users.0.len()));
         *live.server.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(s));
     }
     if let Some(a) = new.agent {
+        if let Some(old) = live.agent()
+            && (old.cfg.socks5 != a.socks5 || old.cfg.http != a.http || old.cfg.mixed != a.mixed)
+        {
+            log::warn!("reload: agent listener changes take effect at the next restart");
+        }
         let upstreams = agent::upstream::start(&a, ex);
         changes.push(format!(
             "{} servers, {} rules",
@@ -358,6 +366,7 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
         let live = Arc::new(Live {
             server: RwLock::new(cfg.server.map(Arc::new)),
             agent: RwLock::new(None),
+            grace_ms: (grace.as_millis() as u64).into(),
         });
         if let Some(a) = cfg.agent {
             let upstreams = agent::upstream::start(&a, &ex);
@@ -457,6 +466,7 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
             live_now()
         );
         systemd::stopping(&format!("stopping: draining {} connections", live_now()));
+        let grace = Duration::from_millis(live.grace_ms.load(Ordering::Relaxed));
         let deadline = Instant::now() + grace;
         let drained = async {
             while live_now() > 0 && Instant::now() < deadline {

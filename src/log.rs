@@ -115,6 +115,11 @@ pub fn init(level: LogLevel, target: LogTarget, syslog_socket: &Path) {
         }
     });
     let _ = log::set_logger(logger);
+    set_level(level);
+}
+
+/// Changes the level (on reload).
+pub fn set_level(level: LogLevel) {
     log::set_max_level(match level {
         LogLevel::Error => LevelFilter::Error,
         LogLevel::Warn => LevelFilter::Warn,

@@ -101,7 +101,9 @@ impl Daemon {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(a) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(a.trim().parse::<SocketAddr>().unwrap());
+                    // "ADDR" or "ADDR (socket from systemd)".
+                    let a = a.split_whitespace().next().unwrap_or("");
+                    let _ = tx.send(a.parse::<SocketAddr>().unwrap());
                 }
                 log2.lock().unwrap().push(line);
             }
