@@ -1,0 +1,580 @@
+//! Operations, with the real binary and the shipped files: exit codes,
+//! logging to a syslog socket (RFC 3164, facility daemon, reconnect), the
+//! manual pages (`mandoc -Tlint`, `man -l`) and the systemd units
+//! (`systemd-analyze verify` and `security`).
+//!
+//! Checks whose tool is missing print "SKIPPED: ..." and pass.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use websocks::proto::auth;
+
+const BIN: &str = env!("CARGO_BIN_EXE_websocks");
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+fn is_root() -> bool {
+    // No libc here: /proc tells the effective uid.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The path of `tool` in the usual places, if installed.
+fn which(tool: &str) -> Option<PathBuf> {
+    ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.exists())
+}
+
+fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .args(["-s", sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -s {sig} {pid}");
+}
+
+/// Runs the binary with `args` and a config holding `yaml` (when given);
+/// returns (exit code, stderr).
+fn run(args: &[&str], yaml: Option<&str>) -> (i32, String) {
+    let dir = temp_dir();
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    if let Some(y) = yaml {
+        let cfg = dir.join("websocks.yaml");
+        std::fs::write(&cfg, y).unwrap();
+        cmd.arg("-c").arg(&cfg);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code().unwrap_or(-1);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("websocks {args:?} did not exit");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (code, err)
+}
+
+// -------------------------------------------------------------- exit codes
+
+#[test]
+fn exit_code_64_for_usage_errors() {
+    for args in [
+        &[][..],
+        &["frobnicate"][..],
+        &["server"][..],
+        &["server", "--bogus"][..],
+    ] {
+        let (code, err) = run(args, None);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert!(!err.is_empty(), "{args:?} says why");
+    }
+}
+
+#[test]
+fn exit_code_78_for_bad_config() {
+    let unknown = format!("{}no_such_key: 1\n", server_yaml(""));
+    for (what, yaml) in [
+        ("unknown key", unknown.as_str()),
+        ("bad yaml", "server: [unclosed\n"),
+        ("no users", "server:\n  listen: [\"127.0.0.1:0\"]\n"),
+        ("bad log_target", "log_target: journal\nserver: {}\n"),
+    ] {
+        for cmd in ["server", "check"] {
+            let (code, err) = run(&[cmd], Some(yaml));
+            assert_eq!(code, 78, "{what} ({cmd}): {err}");
+            assert!(err.contains("websocks.yaml"), "names the file: {err}");
+        }
+    }
+    let (code, err) = run(&["server", "-c", "/nonexistent/websocks.yaml"], None);
+    assert_eq!(code, 78, "{err}");
+    // A `server` command on a file without a server section.
+    let agent_only = format!(
+        "agent:\n  socks5: {{listen: [\"127.0.0.1:0\"]}}\n  servers:\n    - {{name: s, url: \"ws://127.0.0.1:1/\", user: {USER}, password: {PASS}}}\n"
+    );
+    let (code, err) = run(&["server"], Some(&agent_only));
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("server"), "{err}");
+    assert!(!err.contains(PASS));
+}
+
+#[test]
+fn exit_code_71_when_the_address_is_taken() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let yaml = format!("log_target: stderr\n{}", server_yaml(""))
+        .replace("127.0.0.1:0", &addr.to_string());
+    let (code, err) = run(&["server"], Some(&yaml));
+    assert_eq!(code, 71, "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")),
+        "names the address: {err}"
+    );
+    drop(taken);
+}
+
+// ------------------------------------------------------------------ syslog
+
+/// A test-bound syslog socket.
+struct LogSock {
+    path: PathBuf,
+    sock: Option<UnixDatagram>,
+    got: Vec<String>,
+}
+
+impl LogSock {
+    fn bind(path: &Path) -> LogSock {
+        let sock = UnixDatagram::bind(path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        LogSock {
+            path: path.to_path_buf(),
+            sock: Some(sock),
+            got: Vec::new(),
+        }
+    }
+
+    /// Receives until a line holds every one of `parts` (10 s at most).
+    fn wait(&mut self, parts: &[&str]) -> String {
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut buf = vec![0u8; 65536];
+        loop {
+            if let Some(l) = self
+                .got
+                .iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < end,
+                "no syslog line with {parts:?}; got {:#?}",
+                self.got
+            );
+            if let Ok(n) = self.sock.as_ref().unwrap().recv(&mut buf) {
+                self.got
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    }
+
+    /// Closes and unlinks the socket (as when journald goes away).
+    fn close(&mut self) {
+        self.sock = None;
+        std::fs::remove_file(&self.path).unwrap();
+    }
+
+    fn rebind(&mut self) {
+        let s = UnixDatagram::bind(&self.path).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        self.sock = Some(s);
+    }
+}
+
+/// Checks one RFC 3164 line: `<PRI>Mmm dd hh:mm:ss websocks[PID]: MSG`.
+fn check_3164(line: &str, pri: u8, pid: u32) {
+    let prefix = format!("<{pri}>");
+    assert!(line.starts_with(&prefix), "{line}");
+    let rest = &line[prefix.len()..];
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    assert!(months.contains(&&rest[..3]), "timestamp: {line}");
+    let b = rest.as_bytes();
+    assert!(
+        b[3] == b' ' && b[6] == b' ' && b[9] == b':' && b[12] == b':' && b[15] == b' ',
+        "timestamp `Mmm dd hh:mm:ss `: {line}"
+    );
+    assert!(
+        rest[16..].starts_with(&format!("websocks[{pid}]: ")),
+        "ident websocks[{pid}]: {line}"
+    );
+}
+
+/// `log_target: syslog` sends RFC 3164 lines, facility daemon, to the
+/// configured socket; when the socket goes away the lines go to stderr, and
+/// once it is back (unlinked and bound anew) logging reconnects.
+#[test]
+fn syslog_lines_facility_daemon_and_reconnect() {
+    let dir = temp_dir();
+    let path = dir.join("log.sock");
+    let mut ls = LogSock::bind(&path);
+    let cfg = dir.join("websocks.yaml");
+    let good = format!(
+        "log_target: syslog\nsyslog_socket: {}\n{}",
+        path.display(),
+        server_yaml(ALLOW_LOOPBACK)
+    );
+    std::fs::write(&cfg, &good).unwrap();
+    let mut child: Child = Command::new(BIN)
+        .args(["server", "-c"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stderr = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let (e, s) = (child.stderr.take().unwrap(), stderr.clone());
+        thread::spawn(move || {
+            for l in BufReader::new(e).lines().map_while(Result::ok) {
+                s.lock().unwrap().push(l);
+            }
+        });
+    }
+    let kill = Guard(child);
+
+    // Info: <30> = daemon (3) * 8 + info (6).
+    let l = ls.wait(&["server listening on "]);
+    check_3164(&l, 30, pid);
+    let addr: SocketAddr = l.split("listening on ").nth(1).unwrap().parse().unwrap();
+    let echo = echo_server();
+    let t = tunnel(addr, echo);
+    drop(t);
+    let l = ls.wait(&[&format!("user={USER}"), "end="]);
+    check_3164(&l, 30, pid);
+
+    // Error: <27> = daemon * 8 + err (3).
+    std::fs::write(&cfg, format!("{good}no_such_key: 1\n")).unwrap();
+    signal(pid, "HUP");
+    let l = ls.wait(&["reload failed"]);
+    check_3164(&l, 27, pid);
+
+    // The socket is recreated between two lines: the next line arrives.
+    ls.close();
+    ls.rebind();
+    std::fs::write(&cfg, &good).unwrap();
+    signal(pid, "HUP");
+    let l = ls.wait(&["reloaded"]);
+    check_3164(&l, 30, pid);
+
+    // Gone for a while: lines fall back to stderr; then back on the socket.
+    ls.close();
+    signal(pid, "HUP");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("reloaded"))
+    {
+        assert!(Instant::now() < end, "no fallback to stderr");
+        thread::sleep(Duration::from_millis(10));
+    }
+    ls.rebind();
+    let t = tunnel(addr, echo);
+    drop(t);
+    ls.got.clear();
+    let l = ls.wait(&[&format!("user={USER}"), "end="]);
+    check_3164(&l, 30, pid);
+
+    // Nothing went to stderr while the socket was there.
+    let err = stderr.lock().unwrap().join("\n");
+    assert!(!err.contains("listening on"), "{err}");
+    let all = ls.got.join("\n") + &err;
+    assert!(!all.contains(PASS));
+    assert!(!all.contains(&auth::stored_digest(PASS.as_bytes())));
+    drop(kill);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ------------------------------------------------------------- man pages
+
+const PAGES: [(&str, &str); 2] = [("websocks.8", "man8"), ("websocks.yaml.5", "man5")];
+
+/// A man tree (man8/, man5/) holding our pages, indexed by makewhatis when
+/// it is there.
+fn man_tree() -> PathBuf {
+    let d = temp_dir();
+    for (page, sect) in PAGES {
+        std::fs::create_dir_all(d.join(sect)).unwrap();
+        std::fs::copy(
+            Path::new(REPO).join("man").join(page),
+            d.join(sect).join(page),
+        )
+        .unwrap();
+    }
+    if let Some(mw) = which("makewhatis") {
+        let _ = Command::new(mw).arg(&d).status();
+    }
+    d
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+/// `mandoc -Tlint`: no WARNING, ERROR or worse, no STYLE message but
+/// cross-references to manuals that are not installed. mandoc 1.14 looks
+/// those up only in its built-in base path (not MANPATH, -M or -m), so
+/// the pages are laid over /usr/share/man in a private mount namespace
+/// (unshare; as root, or in a user namespace) for the two to find each
+/// other; where that is impossible, the STYLE lines about each other are
+/// accepted and reported.
+#[test]
+fn man_pages_lint_clean_and_render() {
+    let Some(mandoc) = which("mandoc") else {
+        println!("SKIPPED: mandoc is missing (apt-get install mandoc)");
+        return;
+    };
+    let tree = man_tree();
+    let files: Vec<String> = PAGES
+        .iter()
+        .map(|(p, _)| format!("{REPO}/man/{p}"))
+        .collect();
+    let script = format!(
+        "mount -t overlay overlay -o lowerdir={}:/usr/share/man /usr/share/man || exit 97; \
+         echo OVERLAID; exec {} -Tlint -W all {}",
+        tree.display(),
+        mandoc.display(),
+        files.join(" ")
+    );
+    let userns = if is_root() { "-m" } else { "-rm" };
+    let overlaid = which("unshare").and_then(|u| {
+        let o = Command::new(u)
+            .args([userns, "sh", "-c", &script])
+            .output()
+            .ok()?;
+        let t = text(&o);
+        t.contains("OVERLAID").then_some(t)
+    });
+    let (lint, resolved) = match overlaid {
+        Some(t) => (t, true),
+        None => {
+            println!(
+                "NOTE: cannot lay the pages over /usr/share/man here: \
+                 their references to each other stay unresolved"
+            );
+            let o = Command::new(&mandoc)
+                .args(["-Tlint", "-W", "all"])
+                .args(&files)
+                .output()
+                .unwrap();
+            (text(&o), false)
+        }
+    };
+    let ours = ["Xr websocks 8", "Xr websocks.yaml 5"];
+    let mut bad = Vec::new();
+    for l in lint.lines().filter(|l| l.contains(": ")) {
+        let level = ["STYLE", "WARNING", "ERROR", "UNSUPP", "BADARG", "SYSERR"]
+            .into_iter()
+            .find(|lv| l.contains(&format!(": {lv}: ")));
+        match level {
+            None => {} // e.g. "outdated mandoc.db lacks ..." notes
+            Some("STYLE") if l.contains("referenced manual not found") => {
+                let about_ours = ours.iter().any(|x| l.contains(x));
+                if about_ours && resolved {
+                    bad.push(l);
+                } else {
+                    println!("accepted: {l}");
+                }
+            }
+            Some(_) => bad.push(l),
+        }
+    }
+    assert!(bad.is_empty(), "mandoc -Tlint:\n{}", bad.join("\n"));
+
+    // Rendering with man(1).
+    match which("man") {
+        None => println!("SKIPPED: man is missing (apt-get install man-db)"),
+        Some(man) => {
+            for (page, title, sections) in [
+                (
+                    "websocks.8",
+                    "WEBSOCKS(8)",
+                    &["NAME", "SYNOPSIS", "EXIT STATUS", "SEE ALSO"][..],
+                ),
+                (
+                    "websocks.yaml.5",
+                    "WEBSOCKS.YAML(5)",
+                    &["NAME", "DESCRIPTION", "EXAMPLES"][..],
+                ),
+            ] {
+                let o = Command::new(&man)
+                    .args(["--warnings", "-l"])
+                    .arg(format!("{REPO}/man/{page}"))
+                    .env("MANPAGER", "cat")
+                    .env("MANWIDTH", "80")
+                    .env("LANG", "C.UTF-8")
+                    .output()
+                    .unwrap();
+                let out = String::from_utf8_lossy(&o.stdout);
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(o.status.success(), "man -l {page}: {err}");
+                assert!(err.trim().is_empty(), "man --warnings -l {page}: {err}");
+                assert!(out.contains(title), "{page}: {out}");
+                for s in sections {
+                    assert!(
+                        out.lines().any(|l| l.trim_end() == *s),
+                        "{page} has no {s}: {out}"
+                    );
+                }
+                let widest = out.lines().map(|l| l.chars().count()).max().unwrap();
+                assert!(widest <= 80, "{page}: a line of {widest} columns");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tree);
+}
+
+// ---------------------------------------------------------- systemd units
+
+fn units() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(Path::new(REPO).join("contrib/systemd"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".service") || p.ends_with(".socket"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The socket units name their sockets as the binary expects, and each
+/// points at its service.
+#[test]
+fn socket_units_use_the_names_the_daemon_takes() {
+    let read = |u: &str| std::fs::read_to_string(format!("{REPO}/contrib/systemd/{u}")).unwrap();
+    let has = |u: &str, line: &str| {
+        assert!(
+            read(u).lines().any(|l| l.trim() == line),
+            "{u} lacks `{line}`"
+        );
+    };
+    has("websocks-server.socket", "FileDescriptorName=websocks");
+    has("websocks-agent.socket", "FileDescriptorName=socks5");
+    has("websocks-agent.socket", "Service=websocks-agent.service");
+    has("websocks-agent-http.socket", "FileDescriptorName=http");
+    has(
+        "websocks-agent-http.socket",
+        "Service=websocks-agent.service",
+    );
+    for s in ["websocks-server.service", "websocks-agent.service"] {
+        has(s, "Type=notify");
+        has(s, "ExecReload=/bin/kill -HUP $MAINPID");
+    }
+    assert_eq!(units().len(), 5, "{:?}", units());
+}
+
+/// `systemd-analyze verify` on every unit, with the man pages on MANPATH
+/// (Documentation=) and, as root only, the binary at /usr/bin/websocks
+/// (laid over /usr/bin in a private mount namespace: nothing on the host
+/// changes).
+#[test]
+fn systemd_analyze_verify_units() {
+    let Some(sa) = which("systemd-analyze") else {
+        println!("SKIPPED: systemd-analyze is missing (apt-get install systemd)");
+        return;
+    };
+    if !is_root() {
+        println!("SKIPPED: systemd-analyze verify needs /usr/bin/websocks: run as root");
+        return;
+    }
+    let Some(unshare) = which("unshare") else {
+        println!("SKIPPED: unshare is missing (util-linux)");
+        return;
+    };
+    let tree = man_tree();
+    let bin = temp_dir();
+    std::fs::copy(BIN, bin.join("websocks")).unwrap();
+    let script = format!(
+        "mount -t overlay overlay -o lowerdir={}:/usr/bin /usr/bin || exit 97; \
+         exec {} verify {}",
+        bin.display(),
+        sa.display(),
+        units().join(" ")
+    );
+    let o = Command::new(unshare)
+        .args(["-m", "sh", "-c", &script])
+        .env("MANPATH", &tree)
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert_ne!(o.status.code(), Some(97), "overlay mount failed: {out}");
+    let ours: Vec<&str> = out.lines().filter(|l| l.contains("websocks")).collect();
+    assert!(
+        o.status.success() && ours.is_empty(),
+        "systemd-analyze verify ({:?}):\n{out}",
+        o.status
+    );
+    let _ = std::fs::remove_dir_all(&tree);
+    let _ = std::fs::remove_dir_all(&bin);
+}
+
+/// `systemd-analyze security --offline=true`: exposure at most 1.5 for
+/// both services.
+#[test]
+fn systemd_analyze_security_exposure() {
+    let Some(sa) = which("systemd-analyze") else {
+        println!("SKIPPED: systemd-analyze is missing (apt-get install systemd)");
+        return;
+    };
+    for svc in ["websocks-server.service", "websocks-agent.service"] {
+        let o = Command::new(&sa)
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(format!("{REPO}/contrib/systemd/{svc}"))
+            .env("SYSTEMD_COLORS", "0")
+            .output()
+            .unwrap();
+        let out = text(&o);
+        if out.contains("unrecognized option") {
+            println!("SKIPPED: this systemd-analyze has no --offline: {out}");
+            return;
+        }
+        let key = format!("Overall exposure level for {svc}: ");
+        let level: f64 = out
+            .lines()
+            .find_map(|l| l.split(&key).nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level for {svc}:\n{out}"));
+        println!("{svc}: exposure {level}");
+        assert!(level <= 1.5, "{svc}: exposure {level} > 1.5\n{out}");
+    }
+}
