@@ -196,7 +196,12 @@ async fn pump(
 ) -> Result<(), (Side, io::Error)> {
     let mut buf = vec![0u8; BUF];
     loop {
-        let n = from.read(&mut buf).await.map_err(|e| (Side::Reader, e))?;
+        let n = match from.read(&mut buf).await {
+            // A TLS peer that closes without close_notify (nginx does,
+            // behind its proxy): for a byte tunnel that is a plain FIN.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            r => r.map_err(|e| (Side::Reader, e))?,
+        };
         if n == 0 {
             // Pass the FIN on (TLS: close_notify, then FIN); the other
             // direction keeps going.

@@ -39,13 +39,20 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 /// (PKCS#8, PKCS#1 or SEC1).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
     let certs = read_certs(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key do not fit: {e}"))?;
+        .with_single_cert(certs, key_der)
+        .map_err(|e| {
+            format!(
+                "{} and {}: the key is invalid or does not belong to the certificate: {e}",
+                cert.display(),
+                key.display()
+            )
+        })?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(cfg))
 }
