@@ -1,0 +1,1372 @@
+//! Benchmark of `websocks` against direct connections, on loopback.
+//!
+//! Run: `cargo bench --bench websocks` (about 5 minutes on 2 cores),
+//! `cargo bench --bench websocks -- --quick` (about 1 minute), and
+//! `-- --conns 2000,10000` to choose the idle-tunnel counts.
+//!
+//! Starts the bench-profile `websocks` binary as a server and as two agents
+//! (pool 64 and pool 0), all on 127.0.0.1 port 0; a source and a sink run
+//! in threads here, an echo in a helper process (a re-exec of this program:
+//! the idle-tunnel figure needs more descriptors than one process may hold).
+//! Each tunnelled figure is printed next to the same figure for a direct
+//! connection measured in the same run: the ratios are what count, the
+//! absolute figures depend on the machine.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+
+const USER: &str = "alice";
+const PASS: &str = "pasSw0rD";
+/// Set once this program has re-executed itself with a raised fd limit.
+const GUARD: &str = "WEBSOCKS_BENCH_NOFILE";
+/// Raises the soft descriptor limit (to the hard one if 65536 is refused),
+/// then runs `"$0" "$@"`.
+const RAISE: &str = r#"ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" "$@""#;
+/// Every socket operation of the bench is bounded by this.
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+/// One bulk transfer may take at most this long.
+const TRANSFER_LIMIT: Duration = Duration::from_secs(120);
+/// Opening one idle tunnel may take at most this long.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed opens after which the idle figure stops trying.
+const GIVE_UP_AFTER: usize = 50;
+const MIB: f64 = 1048576.0;
+/// Read and write size of the bulk transfers.
+const CHUNK: usize = 256 * 1024;
+/// Period of the data pattern: a prime, so that misplaced chunks show.
+const PERIOD: usize = 1_048_573;
+
+// ---------------------------------------------------------------- options
+
+struct Opts {
+    quick: bool,
+    conns: Vec<usize>,
+    /// Phases to run: bulk, setup, idle.
+    only: Vec<String>,
+}
+
+impl Opts {
+    fn bulk(&self) -> u64 {
+        if self.quick { 256 << 20 } else { 1 << 30 }
+    }
+    /// Rounds of each throughput figure (the median is reported).
+    fn repeats(&self) -> usize {
+        if self.quick { 1 } else { 3 }
+    }
+    fn sequential(&self) -> usize {
+        if self.quick { 500 } else { 2000 }
+    }
+    fn concurrent(&self) -> usize {
+        if self.quick { 5000 } else { 20000 }
+    }
+}
+
+fn parse_args(args: &[String]) -> Opts {
+    let mut o = Opts {
+        quick: false,
+        conns: vec![2000, 10000],
+        only: vec!["bulk".into(), "setup".into(), "idle".into()],
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--only" => {
+                let v = it.next().map(String::as_str).unwrap_or("");
+                o.only = v.split(',').map(|x| x.trim().to_string()).collect();
+            }
+            "--conns" => {
+                let v = it.next().map(String::as_str).unwrap_or("");
+                let parsed: Result<Vec<usize>, _> =
+                    v.split(',').map(|x| x.trim().parse::<usize>()).collect();
+                match parsed {
+                    Ok(c) if !c.is_empty() && c.iter().all(|&n| n > 0) => o.conns = c,
+                    _ => {
+                        eprintln!("--conns wants counts like 2000,10000; got {v:?}");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            // `cargo bench` passes `--bench`.
+            "--bench" => {}
+            "-h" | "--help" => {
+                eprintln!(
+                    "usage: cargo bench --bench websocks [-- [--quick] [--conns N[,N...]] [--only bulk,setup,idle]]"
+                );
+                std::process::exit(0);
+            }
+            other => eprintln!("ignoring argument {other:?}"),
+        }
+    }
+    o
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of this process.
+fn nofile() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    for l in limits.lines() {
+        if let Some(rest) = l.strip_prefix("Max open files") {
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if v.len() >= 2 {
+                return (v[0], v[1]);
+            }
+        }
+    }
+    (1024, 1024)
+}
+
+/// Re-executes this program under a shell that raised the fd limit, once.
+fn raise_nofile(args: &[String]) {
+    if nofile().0 >= 65536 || std::env::var_os(GUARD).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let e = Command::new("sh")
+        .arg("-c")
+        .arg(RAISE)
+        .arg(exe)
+        .args(args)
+        .env(GUARD, "1")
+        .exec();
+    eprintln!("could not re-execute to raise the fd limit: {e}");
+}
+
+// ---------------------------------------------------------------- data
+
+/// `PERIOD` pattern bytes followed by the first `CHUNK` again, so that any
+/// chunk of the endless pattern is one slice.
+fn pattern() -> &'static [u8] {
+    static P: OnceLock<Vec<u8>> = OnceLock::new();
+    P.get_or_init(|| {
+        let mut v = Vec::with_capacity(PERIOD + CHUNK + 8);
+        let mut k: u64 = 0;
+        while v.len() < PERIOD {
+            let w = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k >> 7);
+            v.extend_from_slice(&w.to_le_bytes());
+            k += 1;
+        }
+        v.truncate(PERIOD);
+        let head = v[..CHUNK].to_vec();
+        v.extend_from_slice(&head);
+        v
+    })
+}
+
+/// Pattern bytes `off..off + n` (n <= CHUNK).
+fn expected(off: u64, n: usize) -> &'static [u8] {
+    let s = (off % PERIOD as u64) as usize;
+    &pattern()[s..s + n]
+}
+
+fn err(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
+}
+
+// ---------------------------------------------------------------- SOCKS5
+
+/// Greeting (no auth) and CONNECT to an IPv4 address, as one write.
+fn socks_request(dest: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(d) = dest else {
+        panic!("IPv4 destinations only")
+    };
+    let mut v = vec![5, 1, 0, 5, 1, 0, 1];
+    v.extend_from_slice(&d.ip().octets());
+    v.extend_from_slice(&d.port().to_be_bytes());
+    v
+}
+
+fn check_method(m: [u8; 2]) -> io::Result<()> {
+    if m == [5, 0] {
+        Ok(())
+    } else {
+        Err(err(format!("SOCKS5 method answer {m:02x?}")))
+    }
+}
+
+/// Bytes of the reply after its first 4, or `None` if more must be read
+/// first (domain: one length byte).
+fn reply_rest(h: [u8; 4]) -> io::Result<Option<usize>> {
+    if h[0] != 5 {
+        return Err(err(format!("SOCKS5 reply version {:02x}", h[0])));
+    }
+    if h[1] != 0 {
+        return Err(err(format!("SOCKS5 reply {:02x}", h[1])));
+    }
+    match h[3] {
+        1 => Ok(Some(6)),
+        4 => Ok(Some(18)),
+        3 => Ok(None),
+        t => Err(err(format!("SOCKS5 reply address type {t:02x}"))),
+    }
+}
+
+/// A connection to `dest`: straight, or through the SOCKS5 agent `via`.
+fn open(via: Option<SocketAddr>, dest: SocketAddr) -> io::Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&via.unwrap_or(dest), IO_TIMEOUT)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    s.set_nodelay(true)?;
+    if via.is_some() {
+        s.write_all(&socks_request(dest))?;
+        let mut m = [0u8; 2];
+        s.read_exact(&mut m)?;
+        check_method(m)?;
+        let mut h = [0u8; 4];
+        s.read_exact(&mut h)?;
+        let rest = match reply_rest(h)? {
+            Some(n) => n,
+            None => {
+                let mut l = [0u8; 1];
+                s.read_exact(&mut l)?;
+                l[0] as usize + 2
+            }
+        };
+        let mut r = vec![0u8; rest];
+        s.read_exact(&mut r)?;
+    }
+    Ok(s)
+}
+
+async fn timeout<T>(d: Duration, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    smol::future::or(f, async {
+        smol::Timer::after(d).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
+    })
+    .await
+}
+
+/// Opens a tunnel through `via` to the echo `dest` and checks it with one
+/// byte.
+async fn open_async(via: SocketAddr, dest: SocketAddr) -> io::Result<smol::net::TcpStream> {
+    let mut s = smol::net::TcpStream::connect(via).await?;
+    s.set_nodelay(true)?;
+    s.write_all(&socks_request(dest)).await?;
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).await?;
+    check_method(m)?;
+    let mut h = [0u8; 4];
+    s.read_exact(&mut h).await?;
+    let rest = match reply_rest(h)? {
+        Some(n) => n,
+        None => {
+            let mut l = [0u8; 1];
+            s.read_exact(&mut l).await?;
+            l[0] as usize + 2
+        }
+    };
+    let mut r = vec![0u8; rest];
+    s.read_exact(&mut r).await?;
+    ping_async(&mut s).await?;
+    Ok(s)
+}
+
+async fn ping_async(s: &mut smol::net::TcpStream) -> io::Result<()> {
+    s.write_all(&[0x5a]).await?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await?;
+    if b[0] != 0x5a {
+        return Err(err("echo returned a wrong byte"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- processes
+
+/// A child process with a listener; killed on drop.
+struct Proc {
+    name: String,
+    child: Child,
+    addr: SocketAddr,
+    /// The helper exits when this pipe closes (also if the bench dies).
+    _stdin: Option<ChildStdin>,
+    dir: Option<PathBuf>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "websocks-bench-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).expect("create temp dir");
+    d
+}
+
+impl Proc {
+    /// `websocks MODE -c CONFIG` under the fd-raising shell.
+    fn websocks(name: &str, mode: &str, yaml: &str) -> Proc {
+        let dir = temp_dir();
+        let cfg = dir.join("websocks.yaml");
+        std::fs::write(&cfg, yaml).expect("write config");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(RAISE)
+            .arg(env!("CARGO_BIN_EXE_websocks"))
+            .arg(mode)
+            .arg("-c")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn websocks");
+        let out = child.stderr.take().expect("stderr pipe");
+        Self::wait_listening(name, child, out, None, Some(dir))
+    }
+
+    /// This program as the echo destination (`--echo-helper`).
+    fn echo_helper() -> Proc {
+        let mut child = Command::new(std::env::current_exe().expect("current exe"))
+            .arg("--echo-helper")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn echo helper");
+        let out = child.stdout.take().expect("stdout pipe");
+        let stdin = child.stdin.take();
+        Self::wait_listening("echo", child, out, stdin, None)
+    }
+
+    /// Drains `out` in a thread, keeping its last lines, and waits for the
+    /// "listening on ADDR" line.
+    fn wait_listening(
+        name: &str,
+        mut child: Child,
+        out: impl Read + Send + 'static,
+        stdin: Option<ChildStdin>,
+        dir: Option<PathBuf>,
+    ) -> Proc {
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (tx, rx) = mpsc::channel();
+        let t2 = tail.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.split("listening on ").nth(1)
+                    && let Ok(a) = a.trim().parse::<SocketAddr>()
+                {
+                    let _ = tx.send(a);
+                }
+                let mut t = t2.lock().unwrap();
+                if t.len() >= 40 {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => Proc {
+                name: name.to_string(),
+                child,
+                addr,
+                _stdin: stdin,
+                dir,
+                tail,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{name} did not start; its output: {:#?}",
+                    tail.lock().unwrap()
+                );
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Last lines of its log, for error reports.
+    fn last_lines(&self, n: usize) -> Vec<String> {
+        let t = self.tail.lock().unwrap();
+        t.iter().skip(t.len().saturating_sub(n)).cloned().collect()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn server_yaml() -> String {
+    format!(
+        "log_target: stderr\nlog_level: info\nserver:\n  listen: [\"127.0.0.1:0\"]\n  \
+         users:\n    - {{name: {USER}, password: {PASS}}}\n  \
+         destinations: {{allow: [\"127.0.0.0/8\"]}}\n  max_connections: 30000\n  \
+         timeouts: {{idle: 3600s}}\n"
+    )
+}
+
+fn agent_yaml(server: SocketAddr, pool: usize) -> String {
+    format!(
+        "log_target: stderr\nlog_level: info\nagent:\n  socks5: {{listen: [\"127.0.0.1:0\"]}}\n  \
+         servers:\n    - {{name: s, url: \"ws://{server}/\", user: {USER}, password: {PASS}}}\n  \
+         pool: {{size: {pool}}}\n  max_connections: 30000\n  timeouts: {{idle: 3600s}}\n"
+    )
+}
+
+/// A server and an agent (pool `pool`) in front of it.
+fn start_pair(pool: usize) -> (Proc, Proc) {
+    let server = Proc::websocks("server", "server", &server_yaml());
+    let agent = Proc::websocks(
+        &format!("agent (pool {pool})"),
+        "agent",
+        &agent_yaml(server.addr, pool),
+    );
+    (server, agent)
+}
+
+// ---------------------------------------------------------------- /proc
+
+/// utime + stime, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state): utime is field 14, stime 15.
+    let get = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+/// A `kB` line of /proc/PID/status, e.g. `VmRSS`.
+fn status_kib(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open descriptors of a process.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resets VmHWM to the current RSS.
+fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|&t| t > 0.0)
+        .unwrap_or(100.0)
+}
+
+// ---------------------------------------------------------------- destinations
+
+/// A listener with a deep backlog (std's is 128).
+fn listener() -> TcpListener {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    s.set_reuse_address(true).expect("SO_REUSEADDR");
+    let a: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    s.bind(&a.into()).expect("bind");
+    s.listen(4096).expect("listen");
+    s.into()
+}
+
+/// Runs `f` on each accepted connection in its own thread, for the life of
+/// the process.
+fn serve_each(f: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let l = listener();
+    let a = l.local_addr().unwrap();
+    let f = Arc::new(f);
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+            let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+            let f = f.clone();
+            thread::spawn(move || f(s));
+        }
+    });
+    a
+}
+
+struct SinkReport {
+    bytes: u64,
+    ok: bool,
+    end: Instant,
+}
+
+struct Dests {
+    /// Reads an 8-byte length N, sends N pattern bytes, closes.
+    source: SocketAddr,
+    /// Reads to EOF, checks the pattern, reports, closes.
+    sink: SocketAddr,
+    sink_rx: mpsc::Receiver<SinkReport>,
+}
+
+fn source_conn(mut s: TcpStream) {
+    let mut n = [0u8; 8];
+    if s.read_exact(&mut n).is_err() {
+        return;
+    }
+    let total = u64::from_le_bytes(n);
+    let mut off = 0u64;
+    while off < total {
+        let k = (total - off).min(CHUNK as u64) as usize;
+        if s.write_all(expected(off, k)).is_err() {
+            return;
+        }
+        off += k as u64;
+    }
+    let _ = s.shutdown(Shutdown::Write);
+    // Wait for the client's close (bounded by the read timeout).
+    let mut b = [0u8; 64];
+    let _ = s.read(&mut b);
+}
+
+fn sink_conn(mut s: TcpStream, tx: &mpsc::Sender<SinkReport>) {
+    let mut buf = vec![0u8; CHUNK];
+    let mut off = 0u64;
+    let mut ok = true;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if ok && buf[..n] != *expected(off, n) {
+                    ok = false;
+                }
+                off += n as u64;
+            }
+            Err(_) => {
+                ok = false;
+                break;
+            }
+        }
+    }
+    let _ = tx.send(SinkReport {
+        bytes: off,
+        ok,
+        end: Instant::now(),
+    });
+}
+
+fn start_dests() -> Dests {
+    let (tx, sink_rx) = mpsc::channel();
+    Dests {
+        source: serve_each(source_conn),
+        sink: serve_each(move |s| sink_conn(s, &tx)),
+        sink_rx,
+    }
+}
+
+/// `--echo-helper`: an echo destination on smol; prints its address, and
+/// exits when its stdin closes.
+fn echo_helper() {
+    let l = smol::net::TcpListener::try_from(listener()).expect("async listener");
+    println!("echo listening on {}", l.local_addr().unwrap());
+    let _ = io::stdout().flush();
+    thread::spawn(|| {
+        let mut b = [0u8; 64];
+        let mut i = io::stdin();
+        while matches!(i.read(&mut b), Ok(n) if n > 0) {}
+        std::process::exit(0);
+    });
+    let ex = Arc::new(smol::Executor::new());
+    {
+        let ex = ex.clone();
+        thread::spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())));
+    }
+    smol::block_on(ex.run(async {
+        loop {
+            match l.accept().await {
+                Ok((s, _)) => ex.spawn(echo_conn(s)).detach(),
+                Err(_) => {
+                    smol::Timer::after(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }));
+}
+
+async fn echo_conn(mut s: smol::net::TcpStream) {
+    let _ = s.set_nodelay(true);
+    let mut b = [0u8; 1024];
+    loop {
+        match s.read(&mut b).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if s.write_all(&b[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = s.shutdown(Shutdown::Write);
+}
+
+// ---------------------------------------------------------------- measurements
+
+/// Downloads `n` bytes from the source and checks them; returns the end.
+fn download(via: Option<SocketAddr>, source: SocketAddr, n: u64) -> Result<Instant, String> {
+    let mut s = open(via, source).map_err(|e| format!("open: {e}"))?;
+    let start = Instant::now();
+    s.write_all(&n.to_le_bytes())
+        .map_err(|e| format!("request: {e}"))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut off = 0u64;
+    loop {
+        let k = s
+            .read(&mut buf)
+            .map_err(|e| format!("read at {off}: {e}"))?;
+        if k == 0 {
+            break;
+        }
+        if buf[..k] != *expected(off, k) {
+            return Err(format!("corrupt data at byte {off}"));
+        }
+        off += k as u64;
+        if start.elapsed() > TRANSFER_LIMIT {
+            return Err(format!("only {off} of {n} bytes in {TRANSFER_LIMIT:?}"));
+        }
+    }
+    if off != n {
+        return Err(format!("EOF after {off} of {n} bytes"));
+    }
+    Ok(Instant::now())
+}
+
+/// Uploads `n` pattern bytes to the sink, then waits for its close.
+fn upload(via: Option<SocketAddr>, sink: SocketAddr, n: u64) -> Result<(), String> {
+    let mut s = open(via, sink).map_err(|e| format!("open: {e}"))?;
+    let start = Instant::now();
+    let mut off = 0u64;
+    while off < n {
+        let k = (n - off).min(CHUNK as u64) as usize;
+        s.write_all(expected(off, k))
+            .map_err(|e| format!("write at {off}: {e}"))?;
+        off += k as u64;
+        if start.elapsed() > TRANSFER_LIMIT {
+            return Err(format!("only {off} of {n} bytes in {TRANSFER_LIMIT:?}"));
+        }
+    }
+    s.shutdown(Shutdown::Write)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    let mut b = [0u8; 64];
+    let _ = s.read(&mut b);
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Dir {
+    Down,
+    Up,
+}
+
+/// `streams` parallel transfers of `total` bytes in all; aggregate MiB/s.
+fn transfer(
+    dir: Dir,
+    streams: usize,
+    total: u64,
+    via: Option<SocketAddr>,
+    d: &Dests,
+) -> Result<f64, String> {
+    while d.sink_rx.try_recv().is_ok() {}
+    let per = total / streams as u64;
+    let (source, sink) = (d.source, d.sink);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..streams)
+        .map(|_| {
+            thread::spawn(move || match dir {
+                Dir::Down => download(via, source, per),
+                Dir::Up => upload(via, sink, per).map(|_| Instant::now()),
+            })
+        })
+        .collect();
+    let mut end = start;
+    let mut errs = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(Ok(t)) => {
+                if dir == Dir::Down {
+                    end = end.max(t);
+                }
+            }
+            Ok(Err(e)) => errs.push(e),
+            Err(_) => errs.push("client thread panicked".to_string()),
+        }
+    }
+    if dir == Dir::Up {
+        for _ in 0..streams {
+            match d.sink_rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(r) => {
+                    if !r.ok {
+                        errs.push("sink: corrupt data or read error".into());
+                    } else if r.bytes != per {
+                        errs.push(format!("sink got {} of {per} bytes", r.bytes));
+                    }
+                    end = end.max(r.end);
+                }
+                Err(_) => errs.push("no report from the sink".into()),
+            }
+        }
+    }
+    if !errs.is_empty() {
+        errs.dedup();
+        return Err(errs.join("; "));
+    }
+    Ok((per * streams as u64) as f64 / MIB / (end - start).as_secs_f64())
+}
+
+/// Connect (+ SOCKS5 through `via`) and a one-byte echo.
+fn ping(via: Option<SocketAddr>, echo: SocketAddr) -> io::Result<()> {
+    let mut s = open(via, echo)?;
+    s.write_all(&[0x5a])?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    if b[0] != 0x5a {
+        return Err(err("echo returned a wrong byte"));
+    }
+    Ok(())
+}
+
+struct Latency {
+    median_us: f64,
+    p99_us: f64,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+fn sequential(via: Option<SocketAddr>, echo: SocketAddr, n: usize) -> Latency {
+    for _ in 0..20 {
+        let _ = ping(via, echo);
+    }
+    let mut v = Vec::with_capacity(n);
+    let mut errors = 0;
+    let mut first_error = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for _ in 0..n {
+        let t = Instant::now();
+        match ping(via, echo) {
+            Ok(()) => v.push(t.elapsed().as_secs_f64() * 1e6),
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+        if Instant::now() > deadline {
+            errors += n - v.len() - errors;
+            first_error.get_or_insert("60 s deadline passed".into());
+            break;
+        }
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
+        }
+    };
+    Latency {
+        median_us: at(0.5),
+        p99_us: at(0.99),
+        errors,
+        first_error,
+    }
+}
+
+struct Rate {
+    per_s: f64,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+/// `total` pings from `threads` threads; completed pings per second.
+fn concurrent(via: Option<SocketAddr>, echo: SocketAddr, total: usize, threads: usize) -> Rate {
+    let next = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let first = Arc::new(Mutex::new(None::<String>));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let start = Instant::now();
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            let (next, ok, errors, first) =
+                (next.clone(), ok.clone(), errors.clone(), first.clone());
+            thread::spawn(move || {
+                while next.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
+                    match ping(via, echo) {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            first.lock().unwrap().get_or_insert(e.to_string());
+                            errors.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        let _ = h.join();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let done = ok.load(Ordering::Relaxed);
+    let errors = errors.load(Ordering::Relaxed)
+        + total.saturating_sub(done + errors.load(Ordering::Relaxed));
+    Rate {
+        per_s: done as f64 / secs,
+        errors,
+        first_error: first.lock().unwrap().clone(),
+    }
+}
+
+struct Idle {
+    n: usize,
+    opened: usize,
+    held: usize,
+    kib_per: f64,
+    open_secs: f64,
+    errors: BTreeMap<String, usize>,
+    alive: bool,
+    /// Open descriptors of (server, agent) with the tunnels established.
+    fds: (usize, usize),
+}
+
+/// `n` idle tunnels through a fresh server and pooled agent: RSS growth of
+/// both per tunnel, and whether every tunnel still echoes afterwards.
+fn idle_tunnels(n: usize, echo: SocketAddr) -> Idle {
+    let (mut server, mut agent) = start_pair(64);
+    thread::sleep(Duration::from_millis(1500)); // the pool fills
+    let rss = |s: &Proc, a: &Proc| status_kib(s.pid(), "VmRSS") + status_kib(a.pid(), "VmRSS");
+    let before = rss(&server, &agent);
+    let via = agent.addr;
+    let mut errors = BTreeMap::new();
+    let start = Instant::now();
+
+    let sem = smol::lock::Semaphore::new(256);
+    // Once opens fail, the rest would mostly wait out their timeouts: give
+    // up after a few failures or two minutes.
+    let failed = AtomicUsize::new(0);
+    let give_up = start + Duration::from_secs(120);
+    let ex = smol::LocalExecutor::new();
+    let results: Vec<io::Result<smol::net::TcpStream>> = smol::block_on(ex.run(async {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                ex.spawn(async {
+                    let _g = sem.acquire().await;
+                    if failed.load(Ordering::Relaxed) >= GIVE_UP_AFTER || Instant::now() > give_up {
+                        return Err(err("not tried: gave up after failures or 120 s"));
+                    }
+                    let r = timeout(OPEN_TIMEOUT, open_async(via, echo)).await;
+                    if r.is_err() {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(n);
+        for t in tasks {
+            out.push(t.await);
+        }
+        out
+    }));
+    let open_secs = start.elapsed().as_secs_f64();
+    let mut streams = Vec::with_capacity(n);
+    for r in results {
+        match r {
+            Ok(s) => streams.push(s),
+            Err(e) => *errors.entry(format!("open: {e}")).or_insert(0) += 1,
+        }
+    }
+    let opened = streams.len();
+    let fds = (fd_count(server.pid()), fd_count(agent.pid()));
+    thread::sleep(Duration::from_secs(1));
+    let after = rss(&server, &agent);
+
+    // Every tunnel must still carry a byte each way.
+    let ex = smol::LocalExecutor::new();
+    let pinged: Vec<(smol::net::TcpStream, io::Result<()>)> = smol::block_on(ex.run(async {
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .map(|mut s| {
+                ex.spawn(async {
+                    let _g = sem.acquire().await;
+                    let r = timeout(IO_TIMEOUT, ping_async(&mut s)).await;
+                    (s, r)
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(n);
+        for t in tasks {
+            out.push(t.await);
+        }
+        out
+    }));
+    let mut held = 0;
+    for (_, r) in &pinged {
+        match r {
+            Ok(()) => held += 1,
+            Err(e) => *errors.entry(format!("held tunnel: {e}")).or_insert(0) += 1,
+        }
+    }
+    let alive = server.alive() && agent.alive();
+    if !errors.is_empty() {
+        for p in [&server, &agent] {
+            eprintln!("  last log lines of {}:", p.name);
+            for l in p.last_lines(5) {
+                eprintln!("    {l}");
+            }
+        }
+    }
+    drop(pinged);
+    Idle {
+        n,
+        opened,
+        held,
+        kib_per: after.saturating_sub(before) as f64 / opened.max(1) as f64,
+        open_secs,
+        errors,
+        alive,
+        fds,
+    }
+}
+
+// ---------------------------------------------------------------- report
+
+struct Row {
+    name: String,
+    tunnel: String,
+    direct: String,
+    ratio: String,
+    target: String,
+    pass: Option<bool>,
+}
+
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+    t0: Instant,
+}
+
+impl Report {
+    fn row(
+        &mut self,
+        name: &str,
+        tunnel: String,
+        direct: String,
+        ratio: String,
+        target: &str,
+        pass: Option<bool>,
+    ) {
+        eprintln!(
+            "[{:6.1}s] {name}: tunnel {tunnel}, direct {direct}, ratio {ratio}",
+            self.t0.elapsed().as_secs_f64()
+        );
+        self.rows.push(Row {
+            name: name.to_string(),
+            tunnel,
+            direct,
+            ratio,
+            target: target.to_string(),
+            pass,
+        });
+    }
+
+    fn note(&mut self, n: String) {
+        eprintln!("  note: {n}");
+        self.notes.push(n);
+    }
+
+    /// A throughput pair; `min_ratio` is the target.
+    fn throughput(
+        &mut self,
+        name: &str,
+        t: Result<f64, String>,
+        d: Result<f64, String>,
+        min_ratio: f64,
+    ) {
+        let show = |r: &Result<f64, String>| match r {
+            Ok(v) => format!("{v:.0}"),
+            Err(_) => "error".into(),
+        };
+        let (ratio, pass) = match (&t, &d) {
+            (Ok(t), Ok(d)) => (format!("{:.2}x", t / d), Some(t / d >= min_ratio)),
+            _ => ("-".into(), Some(false)),
+        };
+        for (what, r) in [("tunnel", &t), ("direct", &d)] {
+            if let Err(e) = r {
+                self.note(format!("{name}, {what}: {e}"));
+            }
+        }
+        self.row(
+            name,
+            show(&t),
+            show(&d),
+            ratio,
+            &format!(">= {min_ratio:.2}x"),
+            pass,
+        );
+    }
+
+    fn print(&self, header: &str) {
+        println!();
+        println!("{header}");
+        println!(
+            "{:<38} {:>10} {:>10} {:>8}   {:<14} result",
+            "figure", "tunnel", "direct", "ratio", "target"
+        );
+        for r in &self.rows {
+            let verdict = match r.pass {
+                Some(true) => "PASS",
+                Some(false) => "FAIL",
+                None => "",
+            };
+            println!(
+                "{:<38} {:>10} {:>10} {:>8}   {:<14} {verdict}",
+                r.name, r.tunnel, r.direct, r.ratio, r.target
+            );
+        }
+        let fails = self.rows.iter().filter(|r| r.pass == Some(false)).count();
+        let graded = self.rows.iter().filter(|r| r.pass.is_some()).count();
+        println!("{} of {graded} targets met.", graded - fails);
+        println!(
+            "Ratios are what count: tunnel and direct were measured in the same run on this \
+             machine; absolute figures depend on it."
+        );
+        for n in &self.notes {
+            println!("note: {n}");
+        }
+    }
+}
+
+/// `YYYY-MM-DD HH:MM UTC` (civil-from-days, Howard Hinnant's algorithm).
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let (days, sod) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        sod / 3600,
+        sod % 3600 / 60
+    )
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "model name").then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn latency_text(l: &Latency, p99: bool) -> String {
+    let v = if p99 { l.p99_us } else { l.median_us };
+    if v.is_nan() {
+        "error".into()
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+// ---------------------------------------------------------------- main
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--echo-helper") {
+        echo_helper();
+        return;
+    }
+    raise_nofile(&args);
+    let o = parse_args(&args);
+    let header = format!(
+        "websocks bench — {}, {} cores, {}{}",
+        utc_now(),
+        thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        cpu_model(),
+        if o.quick { " (--quick)" } else { "" }
+    );
+    eprintln!("{header}");
+    let mut rep = Report {
+        rows: Vec::new(),
+        notes: Vec::new(),
+        t0: Instant::now(),
+    };
+    let (soft, hard) = nofile();
+    eprintln!(
+        "fd limit: {soft} (hard {hard}); binary: {}",
+        env!("CARGO_BIN_EXE_websocks")
+    );
+
+    let dests = start_dests();
+    pattern();
+    let echo = Proc::echo_helper();
+    let want = |p: &str| o.only.iter().any(|x| x == p);
+    if want("bulk") {
+        bulk_phase(&mut rep, &o, &dests);
+    }
+    if want("setup") {
+        setup_phase(&mut rep, &o, echo.addr);
+    }
+    if want("idle") {
+        idle_phase(&mut rep, &o, echo.addr);
+    }
+    drop(echo);
+    eprintln!("total {:.0} s", rep.t0.elapsed().as_secs_f64());
+    rep.print(&header);
+}
+
+/// `reps` rounds of (direct, tunnel) transfers: the median MiB/s of each,
+/// and the agent's and server's CPU ticks during the tunnelled ones.
+fn pair(
+    dir: Dir,
+    streams: usize,
+    total: u64,
+    via: Option<SocketAddr>,
+    d: &Dests,
+    reps: usize,
+    ticks: &dyn Fn() -> u64,
+) -> (Result<f64, String>, Result<f64, String>, u64) {
+    let (mut tv, mut dv, mut used) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..reps {
+        dv.push(transfer(dir, streams, total, None, d));
+        let c0 = ticks();
+        tv.push(transfer(dir, streams, total, via, d));
+        used += ticks() - c0;
+    }
+    let median = |v: Vec<Result<f64, String>>| -> Result<f64, String> {
+        let mut ok = v.into_iter().collect::<Result<Vec<f64>, String>>()?;
+        ok.sort_by(f64::total_cmp);
+        Ok(ok[ok.len() / 2])
+    };
+    (median(tv), median(dv), used)
+}
+
+/// Figures 1 to 3 and 6: single-stream throughput, CPU per byte, eight
+/// streams and the peak RSS under them.
+fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
+    let tck = clk_tck();
+    let (server, pooled) = start_pair(64);
+    thread::sleep(Duration::from_millis(1500)); // the pool fills
+    let via = Some(pooled.addr);
+    let bulk = o.bulk();
+    let agent_server_ticks = || cpu_ticks(server.pid()) + cpu_ticks(pooled.pid());
+
+    // Warm-up: page in both paths.
+    let _ = transfer(Dir::Down, 1, 64 << 20, None, dests);
+    let _ = transfer(Dir::Down, 1, 64 << 20, via, dests);
+
+    let reps = o.repeats();
+    let (t, d, ticks) = pair(Dir::Down, 1, bulk, via, dests, reps, &agent_server_ticks);
+    rep.throughput("single-stream down (MiB/s)", t.clone(), d, 0.80);
+    let cpu_ns = ticks as f64 / tck * 1e9 / (bulk * reps as u64) as f64;
+    rep.row(
+        "CPU agent+server, down (ns/byte)",
+        if t.is_ok() {
+            format!("{cpu_ns:.3}")
+        } else {
+            "error".into()
+        },
+        "-".into(),
+        "-".into(),
+        "<= 0.15",
+        Some(t.is_ok() && cpu_ns <= 0.15),
+    );
+    let (t, d, _) = pair(Dir::Up, 1, bulk, via, dests, reps, &agent_server_ticks);
+    rep.throughput("single-stream up (MiB/s)", t, d, 0.80);
+
+    if !(reset_peak(server.pid()) && reset_peak(pooled.pid())) {
+        rep.note("could not reset VmHWM (clear_refs): the peak covers the whole phase".into());
+    }
+    let (t, d, _) = pair(Dir::Down, 8, bulk, via, dests, reps, &agent_server_ticks);
+    rep.throughput("8 streams down (MiB/s)", t, d, 0.60);
+    let (t, d, _) = pair(Dir::Up, 8, bulk, via, dests, reps, &agent_server_ticks);
+    rep.throughput("8 streams up (MiB/s)", t, d, 0.60);
+    let peak_mib =
+        (status_kib(server.pid(), "VmHWM") + status_kib(pooled.pid(), "VmHWM")) as f64 / 1024.0;
+    rep.row(
+        "peak RSS agent+server, 8 streams (MiB)",
+        format!("{peak_mib:.1}"),
+        "-".into(),
+        "-".into(),
+        "<= 32",
+        Some(peak_mib <= 32.0),
+    );
+}
+
+/// Figure 4, connection setup: sequential latency, then the rate at
+/// concurrency 32; pooled agent, unpooled agent, direct.
+fn setup_phase(rep: &mut Report, o: &Opts, echo: SocketAddr) {
+    let (server, pooled) = start_pair(64);
+    let unpooled = Proc::websocks("agent (pool 0)", "agent", &agent_yaml(server.addr, 0));
+    thread::sleep(Duration::from_millis(1500)); // the pool fills
+    let n = o.sequential();
+    let ld = sequential(None, echo, n);
+    for (name, agent) in [("pooled", &pooled), ("unpooled", &unpooled)] {
+        let lt = sequential(Some(agent.addr), echo, n);
+        for (q, p99) in [("median", false), ("p99", true)] {
+            let (tv, dv) = if p99 {
+                (lt.p99_us, ld.p99_us)
+            } else {
+                (lt.median_us, ld.median_us)
+            };
+            let ratio = tv / dv;
+            let graded = name == "pooled" && !p99;
+            rep.row(
+                &format!("setup {name}, {q} (us)"),
+                latency_text(&lt, p99),
+                latency_text(&ld, p99),
+                if ratio.is_nan() {
+                    "-".into()
+                } else {
+                    format!("{ratio:.2}x")
+                },
+                if graded { "<= 3x direct" } else { "" },
+                graded.then_some(ratio <= 3.0 && lt.errors == 0),
+            );
+        }
+        if lt.errors > 0 {
+            rep.note(format!(
+                "setup {name}: {} of {n} failed, first: {}",
+                lt.errors,
+                lt.first_error.unwrap_or_default()
+            ));
+        }
+    }
+    if ld.errors > 0 {
+        rep.note(format!(
+            "setup direct: {} of {n} failed, first: {}",
+            ld.errors,
+            ld.first_error.unwrap_or_default()
+        ));
+    }
+    let total = o.concurrent();
+    let rd = concurrent(None, echo, total, 32);
+    for (name, agent) in [("pooled", &pooled), ("unpooled", &unpooled)] {
+        let rt = concurrent(Some(agent.addr), echo, total, 32);
+        let graded = name == "pooled";
+        rep.row(
+            &format!("conn/s at concurrency 32, {name}"),
+            format!("{:.0}", rt.per_s),
+            format!("{:.0}", rd.per_s),
+            format!("{:.2}x", rt.per_s / rd.per_s),
+            if graded { ">= 10000/s" } else { "" },
+            graded.then_some(rt.per_s >= 10_000.0 && rt.errors == 0),
+        );
+        if rt.errors > 0 {
+            rep.note(format!(
+                "concurrency 32 {name}: {} of {total} failed, first: {}",
+                rt.errors,
+                rt.first_error.unwrap_or_default()
+            ));
+        }
+    }
+    if rd.errors > 0 {
+        rep.note(format!(
+            "concurrency 32 direct: {} of {total} failed, first: {}",
+            rd.errors,
+            rd.first_error.unwrap_or_default()
+        ));
+    }
+}
+
+/// Figure 5: idle tunnels, each count through a fresh server and pooled agent.
+fn idle_phase(rep: &mut Report, o: &Opts, echo: SocketAddr) {
+    let (soft, _) = nofile();
+    for &n in &o.conns {
+        let r = idle_tunnels(n, echo);
+        rep.row(
+            &format!("RSS per idle tunnel @{} (KiB)", r.n),
+            format!("{:.1}", r.kib_per),
+            "-".into(),
+            "-".into(),
+            "<= 12",
+            Some(r.kib_per <= 12.0 && r.opened > 0),
+        );
+        rep.row(
+            &format!("tunnels held @{}", r.n),
+            format!("{}", r.held),
+            "-".into(),
+            "-".into(),
+            &format!("all {}", r.n),
+            Some(r.held == r.n && r.alive),
+        );
+        let per = |fds: usize| fds as f64 / r.opened.max(1) as f64;
+        let (fs, fa) = (per(r.fds.0), per(r.fds.1));
+        rep.row(
+            &format!("fds per tunnel @{}, agent / server", r.n),
+            format!("{fa:.1} / {fs:.1}"),
+            "-".into(),
+            "-".into(),
+            "",
+            None,
+        );
+        eprintln!(
+            "  {} of {n} opened in {:.1} s, {} held{}",
+            r.opened,
+            r.open_secs,
+            r.held,
+            if r.alive { "" } else { "; a daemon died" }
+        );
+        for (e, c) in &r.errors {
+            rep.note(format!("idle @{n}: {c} x {e}"));
+        }
+        if !r.alive {
+            rep.note(format!("idle @{n}: the agent or the server exited"));
+        }
+        let need = (fa.max(fs) * n as f64) as u64 + 100;
+        if r.held < n && need > soft {
+            rep.note(format!(
+                "idle @{n}: at {:.1} descriptors per tunnel the agent or server needs about \
+                 {need}, above the fd limit of {soft} here (a hard limit this container \
+                 cannot raise)",
+                fa.max(fs)
+            ));
+        }
+    }
+}
