@@ -78,8 +78,8 @@ type Dir<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), (Side, io::Error
 #[cfg(target_os = "linux")]
 mod splice {
     //! splice(2): socket -> pipe -> socket, the bytes never enter user
-    //! space. The pipe is made when the first byte arrives, so a tunnel
-    //! that never carries data costs no descriptors beyond its sockets.
+    //! space. A pipe is held only while bytes move (taken from a small
+    //! cache), so idle tunnels cost no descriptors beyond their sockets.
 
     use std::io::{self, Read, Write};
     use std::sync::Arc;
@@ -87,12 +87,15 @@ mod splice {
     use std::time::Instant;
 
     use async_io::Async;
-    use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
+    use std::os::fd::OwnedFd;
+    use std::sync::Mutex;
+
+    use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
 
     use super::Side;
 
-    /// Bytes moved per splice call: a pipe's default capacity.
-    const CHUNK: usize = 64 * 1024;
+    /// Bytes moved per splice call, and the pipe size asked for.
+    const CHUNK: usize = 1024 * 1024;
 
     pub(super) type Sock = Arc<Async<std::net::TcpStream>>;
 
@@ -107,40 +110,66 @@ mod splice {
         last: &AtomicU64,
         epoch: Instant,
     ) -> Result<(), (Side, io::Error)> {
-        let mut pipe = None;
         loop {
-            from.readable().await.map_err(|e| (Side::Reader, e))?;
-            let (r, w) = match &pipe {
-                Some(p) => p,
-                None => pipe.insert(
-                    pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
-                        .map_err(|e| (Side::Reader, e.into()))?,
-                ),
-            };
-            let n = match splice(from.get_ref(), None, w, None, CHUNK, flags()) {
-                Ok(0) => {
-                    // EOF: pass the FIN on; the other direction goes on.
-                    let _ = to.get_ref().shutdown(std::net::Shutdown::Write);
-                    return Ok(());
-                }
-                Ok(n) => n,
-                Err(rustix::io::Errno::AGAIN) => continue,
-                // Not spliceable after all: copy through memory instead.
-                Err(rustix::io::Errno::INVAL) => return copy(from, to, count, last, epoch).await,
-                Err(e) => return Err((Side::Reader, e.into())),
-            };
-            let mut left = n;
-            while left > 0 {
-                match splice(r, None, to.get_ref(), None, left, flags()) {
-                    Ok(k) => left -= k,
-                    Err(rustix::io::Errno::AGAIN) => {
-                        to.writable().await.map_err(|e| (Side::Writer, e))?
+            // Held only while bytes move; an idle direction holds no pipe.
+            let pipe = take_pipe().map_err(|e| (Side::Reader, e))?;
+            // Move data until the socket has none, then wait for more.
+            loop {
+                let n = match splice(from.get_ref(), None, &pipe.1, None, CHUNK, flags()) {
+                    Ok(0) => {
+                        // EOF: pass the FIN on; the other direction goes on.
+                        let _ = to.get_ref().shutdown(std::net::Shutdown::Write);
+                        give_pipe(pipe);
+                        return Ok(());
                     }
-                    Err(e) => return Err((Side::Writer, e.into())),
+                    Ok(n) => n,
+                    Err(rustix::io::Errno::AGAIN) => break,
+                    // Not spliceable after all: copy through memory instead.
+                    Err(rustix::io::Errno::INVAL) => {
+                        return copy(from, to, count, last, epoch).await;
+                    }
+                    Err(e) => return Err((Side::Reader, e.into())),
+                };
+                let mut left = n;
+                while left > 0 {
+                    match splice(&pipe.0, None, to.get_ref(), None, left, flags()) {
+                        Ok(k) => left -= k,
+                        Err(rustix::io::Errno::AGAIN) => {
+                            to.writable().await.map_err(|e| (Side::Writer, e))?
+                        }
+                        Err(e) => return Err((Side::Writer, e.into())),
+                    }
                 }
+                count.fetch_add(n as u64, Ordering::Relaxed);
+                last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
             }
-            count.fetch_add(n as u64, Ordering::Relaxed);
-            last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            give_pipe(pipe);
+            from.readable().await.map_err(|e| (Side::Reader, e))?;
+        }
+    }
+
+    type Pipe = (OwnedFd, OwnedFd);
+
+    /// Empty pipes kept for the next burst, so a busy daemon does not make
+    /// and close pipes all the time, and idle tunnels hold none.
+    static PIPES: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+    const PIPES_KEPT: usize = 64;
+
+    fn take_pipe() -> io::Result<Pipe> {
+        if let Some(p) = PIPES.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(p);
+        }
+        let (r, w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        // A bigger pipe moves more per call; the default is 64 KiB.
+        let _ = fcntl_setpipe_size(&w, CHUNK);
+        Ok((r, w))
+    }
+
+    /// Returns an empty pipe to the cache (or closes it when full).
+    fn give_pipe(p: Pipe) {
+        let mut kept = PIPES.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < PIPES_KEPT {
+            kept.push(p);
         }
     }
 
