@@ -16,3 +16,4 @@ pub mod relay;
 pub mod server;
 pub mod systemd;
 pub mod tls;
+pub mod wire;

@@ -21,6 +21,7 @@ use crate::proto::ws::{self, FrameError, UpgradeError};
 use crate::proto::{Parse, auth};
 use crate::relay::{self, Totals};
 use crate::tls::{self, Stream};
+use crate::wire::{Gone, Wire};
 
 /// How a connection ended before relaying, for the log line. Each variant
 /// is answered on the wire in exactly one way, chosen in [`Failure::answer`].
@@ -145,66 +146,11 @@ impl std::fmt::Display for Failure {
 }
 
 /// A connection's bytes in, with the handshake deadline.
-struct Conn {
-    stream: Stream,
-    buf: Vec<u8>,
-    deadline: Instant,
-}
+type Conn = Wire<Stream>;
 
-impl Conn {
-    /// Reads more bytes into `buf`, or fails on EOF, error or deadline.
-    async fn more(&mut self) -> Result<(), Failure> {
-        let mut chunk = [0u8; 4096];
-        let deadline = self.deadline;
-        let n = self
-            .stream
-            .read(&mut chunk)
-            .or(async {
-                Timer::at(deadline).await;
-                Err(io::Error::from(io::ErrorKind::TimedOut))
-            })
-            .await;
-        match n {
-            Ok(0) => Err(Failure::Gone("closed during handshake")),
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                Err(Failure::Gone("handshake timed out"))
-            }
-            Err(_) => Err(Failure::Gone("read error during handshake")),
-        }
-    }
-
-    /// Runs `parse` over the buffer until it completes, reading as needed;
-    /// consumes the bytes it used.
-    async fn next<T, E>(
-        &mut self,
-        parse: impl Fn(&[u8]) -> Result<Parse<T>, E>,
-        wrap: impl Fn(E) -> Failure,
-    ) -> Result<T, Failure> {
-        loop {
-            match parse(&self.buf).map_err(&wrap)? {
-                Parse::Done(t, used) => {
-                    self.buf.drain(..used);
-                    return Ok(t);
-                }
-                Parse::Incomplete => self.more().await?,
-            }
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
-        let deadline = self.deadline;
-        self.stream
-            .write_all(bytes)
-            .or(async {
-                Timer::at(deadline).await;
-                Err(io::Error::from(io::ErrorKind::TimedOut))
-            })
-            .await
-            .map_err(|_| Failure::Gone("write error during handshake"))
+impl From<Gone> for Failure {
+    fn from(g: Gone) -> Failure {
+        Failure::Gone(g.why())
     }
 }
 
@@ -249,11 +195,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
         user: None,
         dest: None,
     };
-    let mut c = Conn {
-        stream,
-        buf: Vec::with_capacity(1024),
-        deadline,
-    };
+    let mut c = Conn::new(stream, deadline);
     let result = match Box::pin(handshake(&mut c, &cfg, &mut rec)).await {
         Ok(dest) => Ok(relay_after(c, dest, cfg.timeouts.idle.0).await),
         Err(f) => Err((f, c)),
@@ -290,7 +232,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
                 }
                 Answer::Socks(v) => v,
             };
-            close_gracefully(&mut c.stream, &bytes).await;
+            Box::pin(close_gracefully(&mut c.stream, &bytes)).await;
         }
     }
 }
@@ -446,6 +388,7 @@ async fn handshake(c: &mut Conn, cfg: &Server, rec: &mut Record) -> Result<TcpSt
     };
     out.clear();
     socks5::write_reply(&mut out, socks5::REP_SUCCEEDED, bound);
+    c.deadline = Instant::now() + cfg.timeouts.handshake.0;
     c.send(&out).await?;
 
     Ok(dest)

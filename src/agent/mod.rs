@@ -19,12 +19,13 @@ use crate::acl::Acl;
 use crate::config::Users;
 use crate::config::agent::{Action, Agent};
 use crate::dial::{self, DialError};
+use crate::proto::auth;
 use crate::proto::http::{self, HeadError};
 use crate::proto::proxy::{self, ProxyError, ProxyRequest};
 use crate::proto::socks5::{self, Addr, SocksError};
-use crate::proto::{Parse, auth};
 use crate::relay;
 use crate::tls::Stream;
+use crate::wire::{Gone, Wire};
 use upstream::UpError;
 
 /// Which local protocol a listener speaks.
@@ -155,11 +156,7 @@ async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, R
 }
 
 /// A local client's bytes in, with the handshake deadline.
-struct Local {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    deadline: Instant,
-}
+type Local = Wire<TcpStream>;
 
 /// Local-side failures before relaying, for the log line; each has one
 /// answer, written where it is detected.
@@ -184,52 +181,9 @@ impl std::fmt::Display for LocalError {
     }
 }
 
-impl Local {
-    async fn more(&mut self) -> Result<(), LocalError> {
-        let mut chunk = [0u8; 4096];
-        let deadline = self.deadline;
-        let n = self
-            .stream
-            .read(&mut chunk)
-            .or(async {
-                Timer::at(deadline).await;
-                Err(io::ErrorKind::TimedOut.into())
-            })
-            .await;
-        match n {
-            Ok(0) => Err(LocalError::Gone("closed during handshake")),
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                Err(LocalError::Gone("handshake timed out"))
-            }
-            Err(_) => Err(LocalError::Gone("read error")),
-        }
-    }
-
-    async fn next<T, E>(
-        &mut self,
-        parse: impl Fn(&[u8]) -> Result<Parse<T>, E>,
-        wrap: impl Fn(E) -> LocalError,
-    ) -> Result<T, LocalError> {
-        loop {
-            match parse(&self.buf).map_err(&wrap)? {
-                Parse::Done(t, used) => {
-                    self.buf.drain(..used);
-                    return Ok(t);
-                }
-                Parse::Incomplete => self.more().await?,
-            }
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), LocalError> {
-        self.stream
-            .write_all(bytes)
-            .await
-            .map_err(|_| LocalError::Gone("write error"))
+impl From<Gone> for LocalError {
+    fn from(g: Gone) -> LocalError {
+        LocalError::Gone(g.why())
     }
 }
 
@@ -252,17 +206,13 @@ fn local_auth_ok(users: &Users, user: &[u8], pass: &[u8]) -> bool {
 pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<State>) {
     let start = Instant::now();
     let _ = stream.set_nodelay(true);
-    let mut local = Local {
-        stream: stream.clone(),
-        buf: Vec::with_capacity(512),
-        deadline: start + st.cfg.timeouts.handshake.0,
-    };
+    let mut local = Local::new(stream.clone(), start + st.cfg.timeouts.handshake.0);
     let kind = match kind {
         Kind::Mixed => match local.more().await {
             Ok(()) if local.buf.first() == Some(&socks5::VERSION) => Kind::Socks5,
             Ok(()) => Kind::Http,
             Err(e) => {
-                log::debug!("agent peer={peer} via=mixed end=rejected: {e}");
+                log::debug!("agent peer={peer} via=mixed end=rejected: {}", e.why());
                 return;
             }
         },
@@ -427,7 +377,11 @@ async fn socks_session(
         let _ = local.send(&v).await;
         return Ok(Err(Refusal::Server(socks5::REP_COMMAND_NOT_SUPPORTED)));
     }
-    match reach(st, &req.addr, route).await {
+    let reached = reach(st, &req.addr, route).await;
+    // The answer gets its own time: reaching may take the connect and
+    // reply timeouts.
+    local.deadline = Instant::now() + st.cfg.timeouts.handshake.0;
+    match reached {
         Err(r) => {
             let mut v = Vec::new();
             socks5::write_reply(&mut v, r.socks(), socks5::UNSPECIFIED);
@@ -541,7 +495,9 @@ async fn http_session(
         ProxyRequest::Forward { addr, head } => (addr, Some(head)),
     };
     *dest = Some(addr.clone());
-    match reach(st, &addr, route).await {
+    let reached = reach(st, &addr, route).await;
+    local.deadline = Instant::now() + st.cfg.timeouts.handshake.0;
+    match reached {
         Err(r) => {
             let (code, reason) = r.http();
             http_answer(local, code, reason, &[], &format!("{r}\n")).await;

@@ -868,6 +868,10 @@ fn idle_tunnels(n: usize, echo: SocketAddr) -> Idle {
     thread::sleep(Duration::from_millis(1500)); // the pool fills
     let rss = |s: &Proc, a: &Proc| status_kib(s.pid(), "VmRSS") + status_kib(a.pid(), "VmRSS");
     let before = rss(&server, &agent);
+    let (before_server, before_agent) = (
+        status_kib(server.pid(), "VmRSS"),
+        status_kib(agent.pid(), "VmRSS"),
+    );
     let via = agent.addr;
     let mut errors = BTreeMap::new();
     let start = Instant::now();
@@ -912,6 +916,11 @@ fn idle_tunnels(n: usize, echo: SocketAddr) -> Idle {
     let fds = (fd_count(server.pid()), fd_count(agent.pid()));
     thread::sleep(Duration::from_secs(1));
     let after = rss(&server, &agent);
+    eprintln!(
+        "  idle @{n}: server {} KiB, agent {} KiB (RSS after minus before, whole process)",
+        status_kib(server.pid(), "VmRSS").saturating_sub(before_server),
+        status_kib(agent.pid(), "VmRSS").saturating_sub(before_agent)
+    );
 
     // Every tunnel must still carry a byte each way.
     let ex = smol::LocalExecutor::new();

@@ -1,0 +1,108 @@
+//! Reading a peer's handshake under a deadline, for the server and the
+//! agent alike. A read is not a message: every stage parses what is
+//! buffered, reads more only when the parser needs it, and leaves what it
+//! did not use for the next stage (spec "Combine Packets").
+
+use std::io;
+use std::time::Instant;
+
+use async_io::Timer;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
+
+use crate::proto::Parse;
+
+/// Bytes asked for per read; the buffer grows only as parsers need.
+const READ: usize = 2048;
+
+/// Why no more bytes came (or could be sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    Closed,
+    TimedOut,
+    Failed,
+}
+
+impl Gone {
+    pub fn why(self) -> &'static str {
+        match self {
+            Gone::Closed => "closed during handshake",
+            Gone::TimedOut => "handshake timed out",
+            Gone::Failed => "read or write error during handshake",
+        }
+    }
+}
+
+/// A stream, what was read from it and not used yet, and the deadline.
+pub struct Wire<S> {
+    pub stream: S,
+    pub buf: Vec<u8>,
+    pub deadline: Instant,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    pub fn new(stream: S, deadline: Instant) -> Wire<S> {
+        Wire {
+            stream,
+            buf: Vec::new(),
+            deadline,
+        }
+    }
+
+    /// Reads more bytes into `buf` (straight into its spare room: no
+    /// separate chunk lives in the future), or fails on EOF, error or the
+    /// deadline.
+    pub async fn more(&mut self) -> Result<(), Gone> {
+        let len = self.buf.len();
+        self.buf.resize(len + READ, 0);
+        let deadline = self.deadline;
+        let r = self.stream.read(&mut self.buf[len..]).or(async {
+            Timer::at(deadline).await;
+            Err(io::ErrorKind::TimedOut.into())
+        });
+        let r = r.await;
+        self.buf.truncate(len + *r.as_ref().unwrap_or(&0));
+        match r {
+            Ok(0) => Err(Gone::Closed),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(Gone::TimedOut),
+            Err(_) => Err(Gone::Failed),
+        }
+    }
+
+    /// Runs `parse` over the buffer until it completes, reading as needed;
+    /// consumes the bytes it used. `wrap` turns a parse error into `F`.
+    pub async fn next<T, E, F: From<Gone>>(
+        &mut self,
+        parse: impl Fn(&[u8]) -> Result<Parse<T>, E>,
+        wrap: impl Fn(E) -> F,
+    ) -> Result<T, F> {
+        loop {
+            match parse(&self.buf).map_err(&wrap)? {
+                Parse::Done(t, used) => {
+                    self.buf.drain(..used);
+                    return Ok(t);
+                }
+                Parse::Incomplete => self.more().await?,
+            }
+        }
+    }
+
+    /// Writes `bytes` before the deadline.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Gone> {
+        let deadline = self.deadline;
+        self.stream
+            .write_all(bytes)
+            .or(async {
+                Timer::at(deadline).await;
+                Err(io::ErrorKind::TimedOut.into())
+            })
+            .await
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    Gone::TimedOut
+                } else {
+                    Gone::Failed
+                }
+            })
+    }
+}
