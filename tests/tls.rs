@@ -657,3 +657,57 @@ fn sighup_reloads_the_certificate() {
     assert_eq!(read_exact_after(&mut long, Vec::new(), 10), b"still here");
     server.assert_alive();
 }
+
+/// Failover and health work the same over TLS: a group whose first server
+/// presents a certificate from another CA and whose second is good serves
+/// every request through the second, marks the first down, and keeps doing
+/// so with a pool.
+#[test]
+fn failover_over_tls_skips_a_server_with_a_bad_certificate() {
+    let ca = new_ca("websocks test CA");
+    let other_ca = new_ca("unrelated CA");
+    let f = Files::new();
+    let ca_o = ca_opt(&f.write("ca.pem", &ca.pem));
+    let (bc, bk) = f.pair(
+        "bad",
+        &leaf(&other_ca, &["localhost"], "localhost", 7, false),
+    );
+    let (gc, gk) = f.pair("good", &leaf(&ca, &["localhost"], "localhost", 8, false));
+    let (bad, good) = (tls_server(&bc, &bk, ""), tls_server(&gc, &gk, ""));
+    for pool in [
+        "  pool: {size: 0}\n",
+        "  pool: {size: 2, keepalive: 300ms}\n",
+    ] {
+        let d = Daemon::start(
+            &["agent"],
+            &format!(
+                "log_level: debug\nagent:\n  socks5: {{listen: [\"127.0.0.1:0\"]}}\n  servers:\n    \
+                 - {{name: bad, url: \"wss://localhost:{}/\", user: {USER}, password: {PASS}{ca_o}}}\n    \
+                 - {{name: good, url: \"wss://localhost:{}/\", user: {USER}, password: {PASS}{ca_o}}}\n\
+                 {pool}  health: {{interval: 300ms, timeout: 2s}}\n",
+                bad.addr().port(),
+                good.addr().port()
+            ),
+            1,
+        );
+        for i in 0..4 {
+            let peer = echo_through(d.addr(), 5_000, i);
+            let line = agent_line(&d, peer);
+            assert!(
+                line.contains("server=good") && line.ends_with("end=closed"),
+                "{pool}: {line}"
+            );
+        }
+        let down = d.wait_log(&["server bad (localhost:", "is down", "TLS"]);
+        assert!(down.contains("UnknownIssuer"), "{down}");
+        assert!(
+            !d.log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("server good") && l.contains("is down")),
+            "{:#?}",
+            d.log.lock().unwrap()
+        );
+    }
+}
