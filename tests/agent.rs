@@ -219,19 +219,6 @@ fn simple_agent(server: SocketAddr, extra: &str) -> Daemon {
     )
 }
 
-/// Reads a SOCKS5 reply after `have`; returns it and what followed.
-fn read_socks_reply(s: &mut TcpStream, mut have: Vec<u8>) -> (socks5::Reply, Vec<u8>) {
-    let mut chunk = [0u8; 512];
-    loop {
-        if let Parse::Done(r, used) = socks5::parse_reply(&have).expect("valid SOCKS5 reply") {
-            return (r, have[used..].to_vec());
-        }
-        let n = s.read(&mut chunk).expect("read SOCKS5 reply");
-        assert!(n > 0, "EOF inside the SOCKS5 reply: {have:02x?}");
-        have.extend_from_slice(&chunk[..n]);
-    }
-}
-
 /// No-auth greeting and CONNECT to `dest` (with `early` data in the same
 /// write); returns the reply code, the stream and any bytes that came
 /// right behind the reply.
@@ -524,20 +511,6 @@ fn every_listener_and_address_type_pooled() {
 }
 
 // ------------------------------------------ 1b. the server's real result
-
-/// A listener whose accept queue is full: connects to it hang (SYN dropped).
-fn blackhole() -> Option<(TcpListener, Vec<TcpStream>, SocketAddr)> {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = l.local_addr().unwrap();
-    let mut held = Vec::new();
-    for _ in 0..4096 {
-        match TcpStream::connect_timeout(&a, Duration::from_millis(200)) {
-            Ok(s) => held.push(s),
-            Err(_) => return Some((l, held, a)),
-        }
-    }
-    None
-}
 
 #[test]
 fn refusals_carry_the_servers_real_code() {

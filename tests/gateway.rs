@@ -21,7 +21,6 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 use sha2::{Digest, Sha256};
-use websocks::proto::Parse;
 use websocks::proto::socks5::{self, Addr};
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -229,19 +228,6 @@ fn chain(location: &str, rest: &str) -> Chain {
         nginx,
         agent,
         _files: files,
-    }
-}
-
-/// Reads a SOCKS5 reply after `have`.
-fn read_socks_reply(s: &mut TcpStream, mut have: Vec<u8>) -> (socks5::Reply, Vec<u8>) {
-    let mut chunk = [0u8; 512];
-    loop {
-        if let Parse::Done(r, used) = socks5::parse_reply(&have).expect("valid SOCKS5 reply") {
-            return (r, have[used..].to_vec());
-        }
-        let n = s.read(&mut chunk).expect("read SOCKS5 reply");
-        assert!(n > 0, "EOF inside the SOCKS5 reply: {have:02x?}");
-        have.extend_from_slice(&chunk[..n]);
     }
 }
 

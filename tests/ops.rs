@@ -42,14 +42,6 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-fn signal(pid: u32, sig: &str) {
-    let st = Command::new("kill")
-        .args(["-s", sig, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(st.success(), "kill -s {sig} {pid}");
-}
-
 /// Runs the binary with `args` and a config holding `yaml` (when given);
 /// returns (exit code, stderr).
 fn run(args: &[&str], yaml: Option<&str>) -> (i32, String) {

@@ -34,15 +34,6 @@ fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Sends `sig` (a name for kill(1): TERM, HUP, INT) to `pid`.
-fn signal(pid: u32, sig: &str) {
-    let st = Command::new("kill")
-        .args(["-s", sig, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(st.success(), "kill -s {sig} {pid}");
-}
-
 /// Waits up to `limit` for the child to exit.
 fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let end = Instant::now() + limit;

@@ -20,7 +20,6 @@ use rcgen::{
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use websocks::proto::Parse;
 use websocks::proto::socks5::{self, Addr};
 
 // ------------------------------------------------------------- test PKI
@@ -140,19 +139,6 @@ fn ca_opt(path: &Path) -> String {
 }
 
 // ------------------------------------------------------- SOCKS5 client
-
-/// Reads a SOCKS5 reply after `have`.
-fn read_socks_reply(s: &mut TcpStream, mut have: Vec<u8>) -> (socks5::Reply, Vec<u8>) {
-    let mut chunk = [0u8; 512];
-    loop {
-        if let Parse::Done(r, used) = socks5::parse_reply(&have).expect("valid SOCKS5 reply") {
-            return (r, have[used..].to_vec());
-        }
-        let n = s.read(&mut chunk).expect("read SOCKS5 reply");
-        assert!(n > 0, "EOF inside the SOCKS5 reply: {have:02x?}");
-        have.extend_from_slice(&chunk[..n]);
-    }
-}
 
 /// No-auth greeting and CONNECT to `dest`; the reply code and the stream.
 fn socks_open(proxy: SocketAddr, dest: SocketAddr) -> (u8, TcpStream) {

@@ -332,3 +332,41 @@ pub fn assert_still_serving(server: SocketAddr) {
     let got = read_exact_after(&mut s, Vec::new(), 11);
     assert_eq!(got, b"still alive");
 }
+
+/// Reads a SOCKS5 reply after `have`; returns it and what followed.
+pub fn read_socks_reply(s: &mut TcpStream, mut have: Vec<u8>) -> (socks5::Reply, Vec<u8>) {
+    let mut chunk = [0u8; 512];
+    loop {
+        if let Parse::Done(r, used) = socks5::parse_reply(&have).expect("valid SOCKS5 reply") {
+            return (r, have[used..].to_vec());
+        }
+        let n = s.read(&mut chunk).expect("read SOCKS5 reply");
+        assert!(n > 0, "EOF inside the SOCKS5 reply: {have:02x?}");
+        have.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A loopback address whose SYNs go unanswered: a listener that never
+/// accepts, with its accept queue filled up. `None` when the queue never
+/// filled (then a connect timeout cannot be provoked here).
+pub fn blackhole() -> Option<(TcpListener, Vec<TcpStream>, SocketAddr)> {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..4096 {
+        match TcpStream::connect_timeout(&a, Duration::from_millis(200)) {
+            Ok(s) => held.push(s),
+            Err(_) => return Some((l, held, a)),
+        }
+    }
+    None
+}
+
+/// Sends `sig` (a name for kill(1): TERM, HUP, INT) to `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .args(["-s", sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -s {sig} {pid}");
+}
