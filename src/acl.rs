@@ -20,7 +20,7 @@ impl Rule {
         let ip = canonical(addr.ip());
         let net_ok = match self.net {
             None => true,
-            Some((net, len)) => in_net(ip, canonical(net), len),
+            Some((net, len)) => in_net(ip, net, len),
         };
         let port_ok = match self.ports {
             None => true,
@@ -45,11 +45,17 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 fn in_net(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
+            let Some(shift) = 32u32.checked_sub(len as u32) else {
+                return false;
+            };
+            let mask = u32::MAX.checked_shl(shift).unwrap_or(0);
             u32::from(a) & mask == u32::from(n) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - len as u32).unwrap_or(0);
+            let Some(shift) = 128u32.checked_sub(len as u32) else {
+                return false;
+            };
+            let mask = u128::MAX.checked_shl(shift).unwrap_or(0);
             u128::from(a) & mask == u128::from(n) & mask
         }
         _ => false,
@@ -123,5 +129,13 @@ mod tests {
             default_allow: false,
         };
         assert!(only.permits(sa("1.1.1.1:443")) && !only.permits(sa("1.1.1.1:80")));
+        // An IPv4-mapped rule is the IPv4 network it maps, not "everything".
+        let mapped = Acl {
+            allow: vec!["::ffff:10.0.0.0/104".parse().unwrap()],
+            deny: vec!["127.0.0.0/8".parse().unwrap()],
+            default_allow: false,
+        };
+        assert!(mapped.permits(sa("10.9.9.9:1")) && mapped.permits(sa("[::ffff:10.1.1.1]:1")));
+        assert!(!mapped.permits(sa("127.0.0.1:1")) && !mapped.permits(sa("11.0.0.1:1")));
     }
 }

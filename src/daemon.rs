@@ -270,12 +270,32 @@ fn reload(
     ex: &Executor<'static>,
     bound: &[(Role, SocketAddr, bool)],
 ) -> Result<String, String> {
-    let new = config::load(path).map_err(|e| e.to_string())?;
+    let mut new = config::load(path).map_err(|e| e.to_string())?;
     let mut changes = Vec::new();
+    // Only the sections this process serves (`server`, `agent` or `run`).
     let had_server = live.server().is_some();
     let had_agent = live.agent().is_some();
+    if !had_server {
+        new.server = None;
+    }
+    if !had_agent {
+        new.agent = None;
+    }
     if had_server != new.server.is_some() || had_agent != new.agent.is_some() {
-        return Err("sections added or removed: restart to apply".into());
+        return Err("a section this process serves is gone from the file: restart to apply".into());
+    }
+    // Listeners stay as bound until a restart, so the rule "reachable
+    // beyond loopback needs users" is checked against them, not the file.
+    if let Some(a) = &new.agent
+        && a.users.is_none()
+        && let Some(b) = bound.iter().find(|b| {
+            matches!(b.0, Role::Agent(_)) && !crate::acl::canonical(b.1.ip()).is_loopback()
+        })
+    {
+        return Err(format!(
+            "agent listener {} is reachable beyond loopback: the file must keep agent.users",
+            b.1
+        ));
     }
     // Applied at once: level and grace. Where logs go, and listeners, are
     // kept until a restart.

@@ -36,6 +36,51 @@ impl std::fmt::Display for DialError {
     }
 }
 
+/// What a destination name really is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Name {
+    /// An IP literal written as a name (`"10.1.2.3"`, `"[::1]"`).
+    Ip(SocketAddr),
+    /// A number getaddrinfo would also take as an address (`167838211`,
+    /// `0x7f.1`, `012.0.0.1`): refused, so rules cannot be dodged with it.
+    Numeric,
+    /// A host name.
+    Host,
+}
+
+/// Classifies a destination; IP addresses pass as they are.
+pub fn classify(addr: &Addr) -> Name {
+    let Addr::Domain(name, port) = addr else {
+        return match addr {
+            Addr::Ip(sa) => Name::Ip(*sa),
+            Addr::Domain(..) => Name::Host,
+        };
+    };
+    let Ok(name) = std::str::from_utf8(name) else {
+        return Name::Host;
+    };
+    let bare = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    if let Ok(ip) = bare.parse() {
+        return Name::Ip(SocketAddr::new(ip, *port));
+    }
+    let labels: Vec<&str> = name.trim_end_matches('.').split('.').collect();
+    let numeric = |l: &str| {
+        let hex = l.strip_prefix("0x").or_else(|| l.strip_prefix("0X"));
+        match hex {
+            Some(h) => h.bytes().all(|b| b.is_ascii_hexdigit()),
+            None => !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()),
+        }
+    };
+    if labels.len() <= 4 && labels.iter().all(|l| numeric(l)) {
+        Name::Numeric
+    } else {
+        Name::Host
+    }
+}
+
 /// Resolves `addr` to socket addresses. IP literals in domain form
 /// (`"127.0.0.1"`, `"::1"`) are taken as IPs without a lookup.
 pub async fn resolve(addr: &Addr) -> Result<Vec<SocketAddr>, DialError> {
@@ -90,8 +135,23 @@ pub async fn dial(addr: &Addr, acl: &Acl, timeout: Duration) -> Result<TcpStream
             return Err(DialError::Denied);
         }
         let mut last = None;
-        for sa in permitted {
-            match TcpStream::connect(sa).await {
+        let n = permitted.len();
+        for (i, sa) in permitted.into_iter().enumerate() {
+            // One silent address must not use up the whole deadline: each
+            // try gets its share of what is left (at least 2 s, or all).
+            let left = deadline.saturating_duration_since(Instant::now());
+            let share = (left / (n - i) as u32).max(left.min(Duration::from_secs(2)));
+            let tried = if i + 1 == n {
+                TcpStream::connect(sa).await
+            } else {
+                TcpStream::connect(sa)
+                    .or(async {
+                        Timer::after(share).await;
+                        Err(io::ErrorKind::TimedOut.into())
+                    })
+                    .await
+            };
+            match tried {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
                     return Ok(s);
@@ -109,4 +169,22 @@ pub async fn dial(addr: &Addr, acl: &Acl, timeout: Duration) -> Result<TcpStream
             Err(DialError::Timeout)
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let d = |n: &str| classify(&Addr::Domain(n.as_bytes().to_vec(), 22));
+        assert_eq!(d("10.1.2.3"), Name::Ip("10.1.2.3:22".parse().unwrap()));
+        assert_eq!(d("[::1]"), Name::Ip("[::1]:22".parse().unwrap()));
+        for n in ["167838211", "0x7f.1", "012.0.0.1", "10.1.2.3.", "0XA.0"] {
+            assert_eq!(d(n), Name::Numeric, "{n}");
+        }
+        for n in ["example.com", "1.example", "0x.example", "a1", "1.2.3.4.5"] {
+            assert_eq!(d(n), Name::Host, "{n}");
+        }
+    }
 }

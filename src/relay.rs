@@ -240,6 +240,9 @@ async fn pump(
         to.write_all(&buf[..n])
             .await
             .map_err(|e| (Side::Writer, e))?;
+        // TLS keeps encrypted bytes buffered until flushed: a burst's tail
+        // must not wait for the next burst.
+        to.flush().await.map_err(|e| (Side::Writer, e))?;
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -250,18 +253,71 @@ async fn pump(
 /// `idle`. Plain TCP on both sides goes through the kernel with splice(2)
 /// on Linux: no user-space copy, and no buffer held while a tunnel is idle.
 pub async fn relay(client: Stream, dest: Stream, idle: Duration) -> Totals {
+    relay_up_to(client, dest, idle, None).await
+}
+
+/// Copies at most `limit` bytes from the client on a forwarded HTTP
+/// request's connection, then stops reading: no byte the client sends after
+/// the request's body (a pipelined next request, meant for another host)
+/// reaches this origin. The origin gets no FIN; it answers and closes
+/// (`Connection: close`).
+async fn limited(
+    mut from: Reader,
+    mut to: Writer,
+    mut limit: u64,
+    count: &AtomicU64,
+    last: &AtomicU64,
+    epoch: Instant,
+) -> Result<(), (Side, io::Error)> {
+    let mut buf = vec![0u8; 16 * 1024];
+    while limit > 0 {
+        let want = buf.len().min(limit as usize);
+        let n = from
+            .read(&mut buf[..want])
+            .await
+            .map_err(|e| (Side::Reader, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        to.write_all(&buf[..n])
+            .await
+            .map_err(|e| (Side::Writer, e))?;
+        to.flush().await.map_err(|e| (Side::Writer, e))?;
+        limit -= n as u64;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// [`relay`], with the client-to-destination direction limited to `up`
+/// bytes when given (then copied through memory, not spliced).
+pub async fn relay_up_to(
+    client: Stream,
+    dest: Stream,
+    idle: Duration,
+    up_limit: Option<u64>,
+) -> Totals {
     let epoch = Instant::now();
     let (up, down, last) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
-    let (a, b): (Dir<'_>, Dir<'_>) = match (client, dest) {
+    let (a, b): (Dir<'_>, Dir<'_>) = match (client, dest, up_limit) {
+        (client, dest, Some(limit)) => {
+            let (cr, cw) = halves(client);
+            let (dr, dw) = halves(dest);
+            (
+                Box::pin(limited(cr, dw, limit, &up, &last, epoch)),
+                Box::pin(pump(dr, cw, &down, &last, epoch)),
+            )
+        }
         #[cfg(target_os = "linux")]
-        (Stream::Plain(c), Stream::Plain(d)) => {
+        (Stream::Plain(c), Stream::Plain(d), None) => {
             let (c, d): (splice::Sock, splice::Sock) = (c.into(), d.into());
             (
                 Box::pin(splice::pump(c.clone(), d.clone(), &up, &last, epoch)),
                 Box::pin(splice::pump(d, c, &down, &last, epoch)),
             )
         }
-        (client, dest) => {
+        (client, dest, None) => {
             let (cr, cw) = halves(client);
             let (dr, dw) = halves(dest);
             (

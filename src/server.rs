@@ -243,7 +243,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
 async fn close_gracefully(s: &mut Stream, last: &[u8]) {
     let work = async {
         if !last.is_empty() {
-            s.write_all(last).await?;
+            s.send_all(last).await?;
         }
         s.close().await?;
         let mut sink = [0u8; 4096];

@@ -151,6 +151,15 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Writes all of `bytes` and flushes: rustls may keep encrypted bytes in
+    /// its own buffer after a write that reported success, and nothing
+    /// else would push them out.
+    pub async fn send_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use futures_lite::AsyncWriteExt;
+        self.write_all(bytes).await?;
+        self.flush().await
+    }
+
     /// The TCP connection underneath.
     pub fn tcp(&self) -> &TcpStream {
         match self {

@@ -90,19 +90,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Writes `bytes` before the deadline.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Gone> {
         let deadline = self.deadline;
-        self.stream
-            .write_all(bytes)
-            .or(async {
-                Timer::at(deadline).await;
-                Err(io::ErrorKind::TimedOut.into())
-            })
-            .await
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::TimedOut {
-                    Gone::TimedOut
-                } else {
-                    Gone::Failed
-                }
-            })
+        let stream = &mut self.stream;
+        async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        }
+        .or(async {
+            Timer::at(deadline).await;
+            Err(io::ErrorKind::TimedOut.into())
+        })
+        .await
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::TimedOut {
+                Gone::TimedOut
+            } else {
+                Gone::Failed
+            }
+        })
     }
 }

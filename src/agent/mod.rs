@@ -49,6 +49,8 @@ pub struct State {
 enum Refusal {
     /// A `reject` rule.
     Rejected,
+    /// A numeric host name that is not a standard IP literal.
+    BadName,
     /// The server answered the CONNECT with this SOCKS5 code.
     Server(u8),
     /// No server of the group could be used.
@@ -61,6 +63,7 @@ impl Refusal {
     fn socks(&self) -> u8 {
         match self {
             Refusal::Rejected => socks5::REP_NOT_ALLOWED,
+            Refusal::BadName => socks5::REP_HOST_UNREACHABLE,
             Refusal::Server(rep) => *rep,
             Refusal::NoServer(UpError::Timeout | UpError::ReplyTimeout) => socks5::REP_TTL_EXPIRED,
             Refusal::NoServer(_) => socks5::REP_GENERAL_FAILURE,
@@ -81,6 +84,7 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refusal::Rejected => f.write_str("rejected by rule"),
+            Refusal::BadName => f.write_str("numeric host name that is not an IP literal"),
             Refusal::Server(rep) => write!(f, "server replied {rep:#04x}"),
             Refusal::NoServer(e) => write!(f, "no server usable: {e}"),
             Refusal::Direct(e) => write!(f, "direct: {e}"),
@@ -99,6 +103,17 @@ struct Reached {
 
 /// Routes `dest` and opens the path. `route` is filled for the log line.
 async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, Refusal> {
+    // Routing sees IP literals written as names as the IPs they are, and
+    // refuses numeric names that getaddrinfo would turn into an address
+    // behind the rules' back.
+    let dest = &match dial::classify(dest) {
+        dial::Name::Ip(sa) => Addr::Ip(sa),
+        dial::Name::Host => dest.clone(),
+        dial::Name::Numeric => {
+            *route = "refused".into();
+            return Err(Refusal::BadName);
+        }
+    };
     let (action, group, _) =
         route::decide(&st.cfg.routes, st.cfg.default, &st.cfg.default_group, dest);
     let timeout = st.cfg.timeouts.connect.0;
@@ -227,9 +242,14 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
         _ => Box::pin(http_session(&mut local, &st, &mut dest, &mut route)).await,
     };
     let result = match opened {
-        Ok(Ok((r, to_remote))) => Ok(Ok(
-            finish(&mut local, r, st.cfg.timeouts.idle.0, to_remote).await
-        )),
+        Ok(Ok((r, to_remote, up_limit))) => Ok(Ok(finish(
+            &mut local,
+            r,
+            st.cfg.timeouts.idle.0,
+            to_remote,
+            up_limit,
+        )
+        .await)),
         Ok(Err(r)) => Ok(Err(r)),
         Err(e) => Err(e),
     };
@@ -277,15 +297,28 @@ async fn finish(
     r: Reached,
     idle: Duration,
     mut to_remote: Vec<u8>,
+    up_limit: Option<u64>,
 ) -> relay::Totals {
     let Reached {
         mut remote, early, ..
     } = r;
-    to_remote.append(&mut local.buf);
+    // A forwarded request's body may already be here, and with it the
+    // start of a pipelined next request, which must not go to this origin.
+    let rest = match up_limit {
+        None => {
+            to_remote.append(&mut local.buf);
+            None
+        }
+        Some(limit) => {
+            let take = local.buf.len().min(limit as usize);
+            to_remote.extend_from_slice(&local.buf[..take]);
+            Some(limit - take as u64)
+        }
+    };
     local.buf = Vec::new();
     let (early_down, early_up) = (early.len() as u64, to_remote.len() as u64);
     if (!early.is_empty() && local.stream.write_all(&early).await.is_err())
-        || (!to_remote.is_empty() && remote.write_all(&to_remote).await.is_err())
+        || (!to_remote.is_empty() && remote.send_all(&to_remote).await.is_err())
     {
         return relay::Totals {
             up: 0,
@@ -294,7 +327,7 @@ async fn finish(
         };
     }
     drop((early, to_remote));
-    let mut t = relay::relay(Stream::Plain(local.stream.clone()), remote, idle).await;
+    let mut t = relay::relay_up_to(Stream::Plain(local.stream.clone()), remote, idle, rest).await;
     t.up += early_up;
     t.down += early_down;
     t
@@ -302,7 +335,7 @@ async fn finish(
 
 /// A local session up to the open path: what to relay, a refusal that was
 /// answered, or bad local input.
-type Session = Result<Result<(Reached, Vec<u8>), Refusal>, LocalError>;
+type Session = Result<Result<(Reached, Vec<u8>, Option<u64>), Refusal>, LocalError>;
 
 /// SOCKS5 (RFC 1928), with RFC 1929 when local users are configured.
 async fn socks_session(
@@ -394,7 +427,7 @@ async fn socks_session(
             socks5::write_connect(&mut addr, &r.bound);
             v.extend_from_slice(&addr[3..]);
             local.send(&v).await?;
-            Ok(Ok((r, Vec::new())))
+            Ok(Ok((r, Vec::new(), None)))
         }
     }
 }
@@ -492,7 +525,27 @@ async fn http_session(
             return Err(LocalError::Gone("local request answered"));
         }
         ProxyRequest::Connect(a) => (a, None),
-        ProxyRequest::Forward { addr, head } => (addr, Some(head)),
+        ProxyRequest::Forward { addr, head: fwd } => {
+            // The body is Content-Length bytes; a chunked body runs to the
+            // end of the connection (one request per connection).
+            let limit = if head.count("Transfer-Encoding") > 0 {
+                None
+            } else {
+                match head
+                    .all("Content-Length")
+                    .next()
+                    .map(|v| v.trim().parse::<u64>())
+                {
+                    None => Some(0),
+                    Some(Ok(n)) if head.count("Content-Length") == 1 => Some(n),
+                    Some(_) => {
+                        http_answer(local, 400, "Bad Request", &[], "bad Content-Length\n").await;
+                        return Err(LocalError::Proxy(ProxyError::BadTarget));
+                    }
+                }
+            };
+            (addr, Some((fwd, limit)))
+        }
     };
     *dest = Some(addr.clone());
     let reached = reach(st, &addr, route).await;
@@ -504,16 +557,16 @@ async fn http_session(
             Ok(Err(r))
         }
         Ok(r) => {
-            let to_remote = match forward {
-                Some(h) => h,
+            let (to_remote, limit) = match forward {
+                Some((h, limit)) => (h, limit),
                 None => {
                     local
                         .send(b"HTTP/1.1 200 Connection established\r\n\r\n")
                         .await?;
-                    Vec::new()
+                    (Vec::new(), None)
                 }
             };
-            Ok(Ok((r, to_remote)))
+            Ok(Ok((r, to_remote, limit)))
         }
     }
 }

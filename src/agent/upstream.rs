@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_io::Timer;
 use async_net::TcpStream;
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt, future};
+use futures_lite::{AsyncReadExt, FutureExt, future};
 use smol::channel::{Receiver, Sender};
 
 use crate::config::agent::{Agent, Server};
@@ -138,7 +138,7 @@ pub async fn upgrade(server: &Server, timeout: Duration) -> Result<Upgraded, UpE
         let authz = auth::authorization(&server.user, &server.digest.0, auth::minute_of(now_ms()));
         let mut req = Vec::with_capacity(300);
         http::write_upgrade_request(&mut req, &url.path, &server.host_header, &key, &authz);
-        s.write_all(&req).await.map_err(UpError::Connect)?;
+        s.send_all(&req).await.map_err(UpError::Connect)?;
         let mut buf = Vec::new();
         let head = read_msg(&mut s, &mut buf, http::parse_response, "HTTP response").await?;
         if head.second != "101" {
@@ -198,7 +198,7 @@ pub async fn open(
         socks5::write_greeting(&mut out, &[socks5::METHOD_NO_AUTH]);
         socks5::write_connect(&mut out, dest);
         stream
-            .write_all(&out)
+            .send_all(&out)
             .await
             .map_err(|e| UpError::Protocol(format!("writing request: {e}")))?;
         read_msg(&mut stream, &mut buf, ws::check_frame, "frame").await?;
@@ -337,7 +337,7 @@ impl Upstream {
                 let ok = still_open(&mut p.up.stream)
                     && p.up
                         .stream
-                        .write_all(&ws::PONG)
+                        .send_all(&ws::PONG)
                         .or(async {
                             Timer::after(timeout).await;
                             Err(io::ErrorKind::TimedOut.into())

@@ -74,6 +74,10 @@ impl FromStr for Dur {
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             _ => return Err(format!("`{s}` has an unknown unit (use ms, s, m or h)")),
         };
+        // Deadlines are computed as now + duration: keep them sane.
+        if d > Duration::from_secs(365 * 24 * 3600) {
+            return Err(format!("`{s}` is longer than a year"));
+        }
         Ok(Dur(d))
     }
 }
@@ -758,7 +762,18 @@ impl FromStr for Rule {
                     None => max,
                     Some(l) => l.parse().ok().filter(|&l| l <= max).ok_or_else(bad)?,
                 };
-                Some((ip, len))
+                // An IPv4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4
+                // network it maps, as addresses are compared.
+                match ip {
+                    IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+                        let v4 = v6.to_ipv4_mapped().ok_or_else(bad)?;
+                        let len = len.checked_sub(96).ok_or_else(|| {
+                            format!("`{s}`: an IPv4-mapped network needs a prefix of /96 or longer")
+                        })?;
+                        Some((IpAddr::V4(v4), len))
+                    }
+                    _ => Some((ip, len)),
+                }
             }
         };
         let ports = match ports {
@@ -789,6 +804,7 @@ mod tests {
         );
         assert_eq!("5m".parse::<Dur>().unwrap().0, Duration::from_secs(300));
         assert!("5 parsecs".parse::<Dur>().is_err());
+        assert!("9999999999999h".parse::<Dur>().is_err());
     }
 
     #[test]
@@ -814,7 +830,14 @@ mod tests {
         ] {
             ok.parse::<Rule>().unwrap();
         }
-        for bad in ["10.0.0.0/33", "x", "*:70000", "1.2.3.4:9-1", "[::1"] {
+        for bad in [
+            "10.0.0.0/33",
+            "x",
+            "*:70000",
+            "1.2.3.4:9-1",
+            "[::1",
+            "::ffff:10.0.0.0/64",
+        ] {
             assert!(bad.parse::<Rule>().is_err(), "{bad}");
         }
     }
