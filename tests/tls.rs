@@ -697,3 +697,45 @@ fn failover_over_tls_skips_a_server_with_a_bad_certificate() {
         );
     }
 }
+
+/// Every byte of a burst arrives even when the destination then falls
+/// silent: TLS writes are flushed (rustls may keep encrypted bytes after a
+/// write that reported success, and the relay must push them out).
+#[test]
+fn tls_burst_then_silence_arrives_whole() {
+    const TOTAL: usize = 8 * 1024 * 1024;
+    let ca = new_ca("websocks test CA");
+    let f = Files::new();
+    let ca_o = ca_opt(&f.write("ca.pem", &ca.pem));
+    let (c, k) = f.pair("srv", &leaf(&ca, &["localhost"], "localhost", 9, false));
+    let server = tls_server(&c, &k, "");
+    let d = agent(
+        &format!("wss://localhost:{}/", server.addr().port()),
+        &ca_o,
+        "  pool: {size: 0}\n",
+    );
+    // The destination sends a burst, then stays open and silent.
+    let dest = serve_each(|mut s| {
+        let _ = s.write_all(&pattern(TOTAL, 3));
+        std::thread::sleep(Duration::from_secs(20));
+    });
+    let (rep, mut s) = socks_open(d.addr(), dest);
+    assert_eq!(rep, 0);
+    // Read slowly at first, so every buffer on the way fills up.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut got = Vec::with_capacity(TOTAL);
+    let mut chunk = vec![0u8; 64 * 1024];
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while got.len() < TOTAL {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("after {} of {TOTAL} bytes: {e}", got.len()),
+        }
+    }
+    assert!(
+        got == pattern(TOTAL, 3),
+        "{} of {TOTAL} bytes, or corrupted",
+        got.len()
+    );
+}
