@@ -477,8 +477,10 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
             }
         }
 
-        // Stop accepting, then let live tunnels finish for the grace period.
+        // Stop accepting, close connections that carry no tunnel yet, then
+        // let live tunnels finish for the grace period.
         drop(loops);
+        server::begin_drain();
         drop(status_task);
         let live_now = || server_slots.live() + agent_slots.live();
         log::info!(

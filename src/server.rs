@@ -145,6 +145,32 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// Set when the daemon stops: connections still waiting for their frame (an
+/// agent's pooled connections) end at once instead of holding the drain
+/// for the whole grace period; tunnels are left to finish.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static STOP: event_listener::Event = event_listener::Event::new();
+
+/// Starts the drain (see [`STOPPING`]).
+pub fn begin_drain() {
+    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+    STOP.notify(usize::MAX);
+}
+
+/// Resolves once the drain has begun.
+async fn stopping() {
+    loop {
+        if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let l = STOP.listen();
+        if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        l.await;
+    }
+}
+
 /// A connection's bytes in, with the handshake deadline.
 type Conn = Wire<Stream>;
 
@@ -339,7 +365,13 @@ async fn handshake(c: &mut Conn, cfg: &Server, rec: &mut Record) -> Result<TcpSt
     // the idle timeout, not the handshake's.
     loop {
         c.deadline = Instant::now() + cfg.timeouts.idle.0;
-        if c.next(ws::parse_preamble, Failure::Frame).await? == ws::Preamble::Frame {
+        let item = c.next(ws::parse_preamble, Failure::Frame).or(async {
+            stopping().await;
+            Err(Failure::Gone(
+                "server stopping: idle pooled connection closed",
+            ))
+        });
+        if item.await? == ws::Preamble::Frame {
             break;
         }
     }

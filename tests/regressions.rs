@@ -160,3 +160,35 @@ fn pipelined_forward_requests_do_not_reach_the_first_origin() {
     );
     let _ = c.shutdown(Shutdown::Both);
 }
+
+/// An agent's pooled connections are not tunnels: a stopping server closes
+/// them at once instead of waiting out shutdown_grace for them.
+#[test]
+fn stop_does_not_wait_for_idle_pooled_connections() {
+    let server = Daemon::server(&server_yaml(&format!("{ALLOW_LOOPBACK}")).replace(
+        "log_level: debug\n",
+        "log_level: debug\nshutdown_grace: 20s\n",
+    ));
+    let yaml =
+        agent_yaml(server.addr(), "127.0.0.1:0", "").replace("pool: {size: 0}", "pool: {size: 3}");
+    let _agent = Daemon::start(&["agent"], &yaml, 2);
+    // Wait until the pool is in place on the server side: its STATUS would
+    // say so; the log shows nothing for pooled connections, so give it time.
+    std::thread::sleep(Duration::from_millis(800));
+    let mut server = server;
+    let pid = server.child.id();
+    let t = std::time::Instant::now();
+    signal(pid, "TERM");
+    let status = loop {
+        if let Some(st) = server.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "still draining after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    server.wait_log(&["stopped"]);
+}
