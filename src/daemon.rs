@@ -480,14 +480,17 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
         // Stop accepting, close connections that carry no tunnel yet, then
         // let live tunnels finish for the grace period.
         drop(loops);
+        // Counted before they go: connections that wait for their frame
+        // close at once and are not part of the drain.
+        let draining =
+            (server_slots.live() + agent_slots.live()).saturating_sub(server::waiting_for_frame());
         server::begin_drain();
         drop(status_task);
         let live_now = || server_slots.live() + agent_slots.live();
         log::info!(
-            "stopping: no longer accepting; draining {} connections for up to {grace:?}",
-            live_now()
+            "stopping: no longer accepting; draining {draining} connections for up to {grace:?}"
         );
-        systemd::stopping(&format!("stopping: draining {} connections", live_now()));
+        systemd::stopping(&format!("stopping: draining {draining} connections"));
         let grace = Duration::from_millis(live.grace_ms.load(Ordering::Relaxed));
         let deadline = Instant::now() + grace;
         let drained = async {

@@ -151,6 +151,30 @@ impl std::fmt::Display for Failure {
 static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static STOP: event_listener::Event = event_listener::Event::new();
 
+/// Connections now waiting for their frame (pooled, not yet tunnels).
+static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many connections wait for their frame (they end at once on stop).
+pub fn waiting_for_frame() -> usize {
+    WAITING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Counts a connection as waiting while alive.
+struct Waiting;
+
+impl Waiting {
+    fn new() -> Waiting {
+        WAITING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Starts the drain (see [`STOPPING`]).
 pub fn begin_drain() {
     STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -363,6 +387,7 @@ async fn handshake(c: &mut Conn, cfg: &Server, rec: &mut Record) -> Result<TcpSt
     // 3. PONGs, then the 10-byte frame. A pooled connection may sit here
     // for long, kept alive by a PONG now and then: each wait is bounded by
     // the idle timeout, not the handshake's.
+    let waiting = Waiting::new();
     loop {
         c.deadline = Instant::now() + cfg.timeouts.idle.0;
         let item = c.next(ws::parse_preamble, Failure::Frame).or(async {
@@ -375,6 +400,7 @@ async fn handshake(c: &mut Conn, cfg: &Server, rec: &mut Record) -> Result<TcpSt
             break;
         }
     }
+    drop(waiting);
     c.deadline = Instant::now() + cfg.timeouts.handshake.0;
     // Answer with our frame (and the method choice too when the greeting
     // is already here, as the reference does).

@@ -165,7 +165,7 @@ fn pipelined_forward_requests_do_not_reach_the_first_origin() {
 /// them at once instead of waiting out shutdown_grace for them.
 #[test]
 fn stop_does_not_wait_for_idle_pooled_connections() {
-    let server = Daemon::server(&server_yaml(&format!("{ALLOW_LOOPBACK}")).replace(
+    let server = Daemon::server(&server_yaml(ALLOW_LOOPBACK).replace(
         "log_level: debug\n",
         "log_level: debug\nshutdown_grace: 20s\n",
     ));
