@@ -184,7 +184,7 @@ mod splice {
     ) -> Result<(), (Side, io::Error)> {
         loop {
             from.readable().await.map_err(|e| (Side::Reader, e))?;
-            let mut buf = vec![0u8; CHUNK];
+            let mut buf = vec![0u8; super::BUF];
             loop {
                 let n = match from.get_ref().read(&mut buf) {
                     Ok(0) => {
