@@ -4,7 +4,8 @@
 //! `auto` picks stderr on a terminal, syslog otherwise when its socket
 //! exists (a daemon under systemd logs to the journal through it), and
 //! stderr as the last resort. A syslog socket that goes away (journald
-//! restarted) is reconnected on the next record.
+//! restarted) is reconnected on the next record; one that is full gets the
+//! record on stderr instead (never a blocked thread).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,15 @@ fn connect(path: &Path) -> Option<Syslog> {
         process: "websocks".into(),
         pid: std::process::id(),
     };
-    syslog::unix_custom(f, path).ok()
+    // A non-blocking datagram socket: when the syslog daemon falls behind,
+    // a record goes to stderr instead of stalling every thread that logs.
+    let dgram = std::os::unix::net::UnixDatagram::unbound()
+        .and_then(|d| d.connect(path).map(|()| d))
+        .and_then(|d| d.set_nonblocking(true).map(|()| d));
+    match dgram {
+        Ok(d) => Some(syslog::Logger::new(LoggerBackend::Unix(d), f)),
+        Err(_) => syslog::unix_custom(f, path).ok(),
+    }
 }
 
 fn send(s: &mut Syslog, level: Level, msg: &str) -> bool {
