@@ -173,32 +173,119 @@ async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, R
 /// A local client's bytes in, with the handshake deadline.
 type Local = Wire<TcpStream>;
 
-/// Local-side failures before relaying, for the log line; each has one
-/// answer, written where it is detected.
+/// Why a local session ended before relaying. Each variant is answered on
+/// the wire in exactly one way, chosen in [`Reject::answer`].
 #[derive(Debug)]
-enum LocalError {
+enum Reject {
+    /// The client went away or was too slow: nothing to answer.
     Gone(&'static str),
-    Socks(SocksError),
-    Head(HeadError),
-    Proxy(ProxyError),
-    Auth,
+    /// Not SOCKS5 at all (an HTTP request, SOCKS4): closed, no answer.
+    NotSocks5(SocksError),
+    /// No acceptable method offered (or none at all).
+    NoMethod,
+    /// RFC 1929 username/password wrong.
+    BadLogin,
+    /// A malformed SOCKS5 request.
+    BadRequest(SocksError),
+    /// BIND, UDP ASSOCIATE or an unknown command.
+    Command(u8),
+    /// A malformed HTTP request head.
+    BadHttp(HeadError),
+    /// No or wrong `Proxy-Authorization`.
+    ProxyAuth,
+    /// A request target the proxy cannot serve.
+    BadTarget(ProxyError),
+    /// A forwarded request whose body length is unclear.
+    BadLength,
+    /// `GET /proxy.pac`, answered here with this file.
+    Pac(String),
+    /// Any other request to the proxy itself.
+    NotFound,
+    /// Routing or the server refused the destination.
+    Refused(Refusal),
 }
 
-impl std::fmt::Display for LocalError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Reject {
+    /// The single place where a local failure becomes bytes on the wire.
+    fn answer(&self, via: Kind) -> Vec<u8> {
+        let reply = |rep| {
+            let mut v = Vec::new();
+            socks5::write_reply(&mut v, rep, socks5::UNSPECIFIED);
+            v
+        };
+        let page = |code, reason, headers: &[(&str, &str)], body: &str| {
+            let mut v = Vec::new();
+            http::write_response(&mut v, code, reason, headers, body);
+            v
+        };
+        const BAD: &str = "Bad Request";
         match self {
-            LocalError::Gone(why) => f.write_str(why),
-            LocalError::Socks(e) => write!(f, "bad SOCKS5 input: {e:?}"),
-            LocalError::Head(e) => write!(f, "bad HTTP request: {e:?}"),
-            LocalError::Proxy(e) => write!(f, "bad proxy request: {e:?}"),
-            LocalError::Auth => f.write_str("authentication failed or method not offered"),
+            Reject::Gone(_) | Reject::NotSocks5(_) => Vec::new(),
+            Reject::NoMethod => vec![socks5::VERSION, socks5::METHOD_NONE_ACCEPTABLE],
+            // RFC 1929 section 2: anything but 00 fails, and we close.
+            Reject::BadLogin => vec![0x01, 0x01],
+            Reject::BadRequest(SocksError::AddressType(_)) => {
+                reply(socks5::REP_ADDRESS_TYPE_NOT_SUPPORTED)
+            }
+            Reject::BadRequest(SocksError::EmptyDomain) => reply(socks5::REP_HOST_UNREACHABLE),
+            Reject::BadRequest(_) => reply(socks5::REP_GENERAL_FAILURE),
+            Reject::Command(_) => reply(socks5::REP_COMMAND_NOT_SUPPORTED),
+            Reject::BadHttp(_) => page(400, BAD, &[], "malformed HTTP request\n"),
+            Reject::ProxyAuth => page(
+                407,
+                "Proxy Authentication Required",
+                &[("Proxy-Authenticate", "Basic realm=\"websocks\"")],
+                "proxy authentication required\n",
+            ),
+            Reject::BadTarget(ProxyError::Scheme) => page(
+                400,
+                BAD,
+                &[],
+                "only http:// URLs are forwarded; use CONNECT for others\n",
+            ),
+            Reject::BadTarget(ProxyError::BadTarget) => page(400, BAD, &[], "bad request target\n"),
+            Reject::BadLength => page(400, BAD, &[], "bad Content-Length\n"),
+            Reject::Pac(pac) => page(
+                200,
+                "OK",
+                &[("Content-Type", "application/x-ns-proxy-autoconfig")],
+                pac,
+            ),
+            Reject::NotFound => page(404, "Not Found", &[], "this is a proxy; see /proxy.pac\n"),
+            Reject::Refused(r) => match via {
+                Kind::Socks5 => reply(r.socks()),
+                _ => {
+                    let (code, reason) = r.http();
+                    page(code, reason, &[], &format!("{r}\n"))
+                }
+            },
         }
     }
 }
 
-impl From<Gone> for LocalError {
-    fn from(g: Gone) -> LocalError {
-        LocalError::Gone(g.why())
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reject::Gone(why) => f.write_str(why),
+            Reject::NotSocks5(e) => write!(f, "not SOCKS5: {e:?}"),
+            Reject::NoMethod => f.write_str("no acceptable SOCKS5 method offered"),
+            Reject::BadLogin => f.write_str("SOCKS5 username/password refused"),
+            Reject::BadRequest(e) => write!(f, "bad SOCKS5 request: {e:?}"),
+            Reject::Command(c) => write!(f, "unsupported SOCKS5 command {c:#04x}"),
+            Reject::BadHttp(e) => write!(f, "bad HTTP request: {e:?}"),
+            Reject::ProxyAuth => f.write_str("proxy authentication required"),
+            Reject::BadTarget(e) => write!(f, "bad proxy request: {e:?}"),
+            Reject::BadLength => f.write_str("bad Content-Length"),
+            Reject::Pac(_) => f.write_str("served /proxy.pac"),
+            Reject::NotFound => f.write_str("request to the proxy itself: 404"),
+            Reject::Refused(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+impl From<Gone> for Reject {
+    fn from(g: Gone) -> Reject {
+        Reject::Gone(g.why())
     }
 }
 
@@ -241,18 +328,6 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
         Kind::Socks5 => Box::pin(socks_session(&mut local, &st, &mut dest, &mut route)).await,
         _ => Box::pin(http_session(&mut local, &st, &mut dest, &mut route)).await,
     };
-    let result = match opened {
-        Ok(Ok((r, to_remote, up_limit))) => Ok(Ok(finish(
-            &mut local,
-            r,
-            st.cfg.timeouts.idle.0,
-            to_remote,
-            up_limit,
-        )
-        .await)),
-        Ok(Err(r)) => Ok(Err(r)),
-        Err(e) => Err(e),
-    };
     let via = if kind == Kind::Socks5 {
         "socks5"
     } else {
@@ -261,20 +336,32 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
     let dst = dest
         .map(|d: Addr| d.to_string())
         .unwrap_or_else(|| "-".into());
-    let secs = start.elapsed().as_secs_f64();
-    match result {
-        Ok(Ok(t)) => log::info!(
-            "agent peer={peer} via={via} dst={dst} route={route} up={} down={} duration={secs:.3}s end={}",
-            t.up,
-            t.down,
-            t.end
-        ),
-        Ok(Err(r)) => log::info!(
-            "agent peer={peer} via={via} dst={dst} route={route} up=0 down=0 duration={secs:.3}s end=refused: {r}"
-        ),
-        Err(e) => log::info!(
-            "agent peer={peer} via={via} dst={dst} route={route} duration={secs:.3}s end=rejected: {e}"
-        ),
+    match opened {
+        Ok((r, to_remote, up_limit)) => {
+            let t = finish(&mut local, r, st.cfg.timeouts.idle.0, to_remote, up_limit).await;
+            let secs = start.elapsed().as_secs_f64();
+            log::info!(
+                "agent peer={peer} via={via} dst={dst} route={route} up={} down={} duration={secs:.3}s end={}",
+                t.up,
+                t.down,
+                t.end
+            );
+        }
+        Err(e) => {
+            let secs = start.elapsed().as_secs_f64();
+            let end = match &e {
+                Reject::Refused(_) => "refused",
+                Reject::Pac(_) | Reject::NotFound => "local",
+                _ => "rejected",
+            };
+            log::info!(
+                "agent peer={peer} via={via} dst={dst} route={route} up=0 down=0 duration={secs:.3}s end={end}: {e}"
+            );
+            let bytes = e.answer(kind);
+            if !bytes.is_empty() {
+                let _ = local.send(&bytes).await;
+            }
+        }
     }
     Box::pin(close_gracefully(stream)).await;
 }
@@ -333,9 +420,10 @@ async fn finish(
     t
 }
 
-/// A local session up to the open path: what to relay, a refusal that was
-/// answered, or bad local input.
-type Session = Result<Result<(Reached, Vec<u8>, Option<u64>), Refusal>, LocalError>;
+/// A local session up to the open path: what to relay (the path, bytes for
+/// the destination, and a limit on what else the client may send), or why
+/// not (answered by the caller).
+type Session = Result<(Reached, Vec<u8>, Option<u64>), Reject>;
 
 /// SOCKS5 (RFC 1928), with RFC 1929 when local users are configured.
 async fn socks_session(
@@ -344,105 +432,48 @@ async fn socks_session(
     dest: &mut Option<Addr>,
     route: &mut String,
 ) -> Session {
-    let greeting = match local.next(socks5::parse_greeting, LocalError::Socks).await {
-        Ok(g) => g,
-        Err(e) => {
-            // Not SOCKS5 at all (an HTTP request, SOCKS4): just close. A
-            // SOCKS5 greeting without methods: no acceptable method.
-            if matches!(e, LocalError::Socks(SocksError::NoMethods)) {
-                let _ = local
-                    .send(&[socks5::VERSION, socks5::METHOD_NONE_ACCEPTABLE])
-                    .await;
-            }
-            return Err(e);
-        }
-    };
+    let greeting = local
+        .next(socks5::parse_greeting, |e| match e {
+            SocksError::NoMethods => Reject::NoMethod,
+            e => Reject::NotSocks5(e),
+        })
+        .await?;
     let method = if st.cfg.users.is_some() {
         socks5::METHOD_USER_PASS
     } else {
         socks5::METHOD_NO_AUTH
     };
     if !greeting.methods.contains(&method) {
-        let _ = local
-            .send(&[socks5::VERSION, socks5::METHOD_NONE_ACCEPTABLE])
-            .await;
-        return Err(LocalError::Auth);
+        return Err(Reject::NoMethod);
     }
     local.send(&[socks5::VERSION, method]).await?;
     if let Some(users) = &st.cfg.users {
         let up = local
-            .next(socks5::parse_user_pass, LocalError::Socks)
+            .next(socks5::parse_user_pass, |_| Reject::BadLogin)
             .await?;
-        // RFC 1929 section 2: 01 00 success; anything else fails and closes.
         if !local_auth_ok(users, &up.user, &up.pass) {
-            let _ = local.send(&[0x01, 0x01]).await;
-            return Err(LocalError::Auth);
+            return Err(Reject::BadLogin);
         }
         local.send(&[0x01, 0x00]).await?;
     }
-    let req = match local.next(socks5::parse_request, LocalError::Socks).await {
-        Ok(r) => r,
-        Err(e) => {
-            let rep = match e {
-                LocalError::Socks(SocksError::AddressType(_)) => {
-                    Some(socks5::REP_ADDRESS_TYPE_NOT_SUPPORTED)
-                }
-                LocalError::Socks(SocksError::EmptyDomain) => Some(socks5::REP_HOST_UNREACHABLE),
-                LocalError::Socks(_) => Some(socks5::REP_GENERAL_FAILURE),
-                _ => None,
-            };
-            if let Some(rep) = rep {
-                let mut v = Vec::new();
-                socks5::write_reply(&mut v, rep, socks5::UNSPECIFIED);
-                let _ = local.send(&v).await;
-            }
-            return Err(e);
-        }
-    };
+    let req = local
+        .next(socks5::parse_request, Reject::BadRequest)
+        .await?;
     *dest = Some(req.addr.clone());
     if req.cmd != socks5::CMD_CONNECT {
-        let mut v = Vec::new();
-        socks5::write_reply(
-            &mut v,
-            socks5::REP_COMMAND_NOT_SUPPORTED,
-            socks5::UNSPECIFIED,
-        );
-        let _ = local.send(&v).await;
-        return Ok(Err(Refusal::Server(socks5::REP_COMMAND_NOT_SUPPORTED)));
+        return Err(Reject::Command(req.cmd));
     }
     let reached = reach(st, &req.addr, route).await;
     // The answer gets its own time: reaching may take the connect and
     // reply timeouts.
     local.deadline = Instant::now() + st.cfg.timeouts.handshake.0;
-    match reached {
-        Err(r) => {
-            let mut v = Vec::new();
-            socks5::write_reply(&mut v, r.socks(), socks5::UNSPECIFIED);
-            let _ = local.send(&v).await;
-            Ok(Err(r))
-        }
-        Ok(r) => {
-            let mut v = vec![socks5::VERSION, socks5::REP_SUCCEEDED, 0x00];
-            let mut addr = Vec::new();
-            socks5::write_connect(&mut addr, &r.bound);
-            v.extend_from_slice(&addr[3..]);
-            local.send(&v).await?;
-            Ok(Ok((r, Vec::new(), None)))
-        }
-    }
-}
-
-/// Writes a small HTTP answer.
-async fn http_answer(
-    local: &mut Local,
-    code: u16,
-    reason: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) {
-    let mut v = Vec::new();
-    http::write_response(&mut v, code, reason, headers, body);
-    let _ = local.send(&v).await;
+    let r = reached.map_err(Reject::Refused)?;
+    let mut v = vec![socks5::VERSION, socks5::REP_SUCCEEDED, 0x00];
+    let mut addr = Vec::new();
+    socks5::write_connect(&mut addr, &r.bound);
+    v.extend_from_slice(&addr[3..]);
+    local.send(&v).await?;
+    Ok((r, Vec::new(), None))
 }
 
 /// The PAC file: every request through this HTTP proxy, as the browser
@@ -458,71 +489,28 @@ async fn http_session(
     dest: &mut Option<Addr>,
     route: &mut String,
 ) -> Session {
-    let head = match local.next(http::parse_request, LocalError::Head).await {
-        Ok(h) => h,
-        Err(e) => {
-            if matches!(e, LocalError::Head(_)) {
-                http_answer(local, 400, "Bad Request", &[], "malformed HTTP request\n").await;
-            }
-            return Err(e);
-        }
-    };
+    let head = local.next(http::parse_request, Reject::BadHttp).await?;
     if let Some(users) = &st.cfg.users {
         let ok = head
             .one("Proxy-Authorization")
             .and_then(|v| auth::parse_basic(v).ok())
             .is_some_and(|c| local_auth_ok(users, c.user.as_bytes(), c.field.as_bytes()));
         if !ok {
-            http_answer(
-                local,
-                407,
-                "Proxy Authentication Required",
-                &[("Proxy-Authenticate", "Basic realm=\"websocks\"")],
-                "proxy authentication required\n",
-            )
-            .await;
-            return Err(LocalError::Auth);
+            return Err(Reject::ProxyAuth);
         }
     }
-    let req = match proxy::interpret(&head) {
-        Ok(r) => r,
-        Err(e) => {
-            let body = match e {
-                ProxyError::Scheme => "only http:// URLs are forwarded; use CONNECT for others\n",
-                ProxyError::BadTarget => "bad request target\n",
-            };
-            http_answer(local, 400, "Bad Request", &[], body).await;
-            return Err(LocalError::Proxy(e));
-        }
-    };
-    let (addr, forward) = match req {
+    let (addr, forward) = match proxy::interpret(&head).map_err(Reject::BadTarget)? {
         ProxyRequest::Local { path } => {
+            *route = "local".into();
             if path == "/proxy.pac" && head.first == "GET" {
                 let me = head
                     .one("Host")
                     .map(str::to_string)
                     .or_else(|| local.stream.local_addr().ok().map(|a| a.to_string()))
                     .unwrap_or_default();
-                http_answer(
-                    local,
-                    200,
-                    "OK",
-                    &[("Content-Type", "application/x-ns-proxy-autoconfig")],
-                    &pac(&me),
-                )
-                .await;
-            } else {
-                http_answer(
-                    local,
-                    404,
-                    "Not Found",
-                    &[],
-                    "this is a proxy; see /proxy.pac\n",
-                )
-                .await;
+                return Err(Reject::Pac(pac(&me)));
             }
-            *route = "local".into();
-            return Err(LocalError::Gone("local request answered"));
+            return Err(Reject::NotFound);
         }
         ProxyRequest::Connect(a) => (a, None),
         ProxyRequest::Forward { addr, head: fwd } => {
@@ -538,10 +526,7 @@ async fn http_session(
                 {
                     None => Some(0),
                     Some(Ok(n)) if head.count("Content-Length") == 1 => Some(n),
-                    Some(_) => {
-                        http_answer(local, 400, "Bad Request", &[], "bad Content-Length\n").await;
-                        return Err(LocalError::Proxy(ProxyError::BadTarget));
-                    }
+                    Some(_) => return Err(Reject::BadLength),
                 }
             };
             (addr, Some((fwd, limit)))
@@ -550,23 +535,15 @@ async fn http_session(
     *dest = Some(addr.clone());
     let reached = reach(st, &addr, route).await;
     local.deadline = Instant::now() + st.cfg.timeouts.handshake.0;
-    match reached {
-        Err(r) => {
-            let (code, reason) = r.http();
-            http_answer(local, code, reason, &[], &format!("{r}\n")).await;
-            Ok(Err(r))
+    let r = reached.map_err(Reject::Refused)?;
+    let (to_remote, limit) = match forward {
+        Some((h, limit)) => (h, limit),
+        None => {
+            local
+                .send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await?;
+            (Vec::new(), None)
         }
-        Ok(r) => {
-            let (to_remote, limit) = match forward {
-                Some((h, limit)) => (h, limit),
-                None => {
-                    local
-                        .send(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                        .await?;
-                    (Vec::new(), None)
-                }
-            };
-            Ok(Ok((r, to_remote, limit)))
-        }
-    }
+    };
+    Ok((r, to_remote, limit))
 }
