@@ -570,3 +570,24 @@ fn systemd_analyze_security_exposure() {
         assert!(level <= 1.5, "{svc}: exposure {level} > 1.5\n{out}");
     }
 }
+
+/// The example configurations shipped in contrib/ pass `websocks check`.
+#[test]
+fn contrib_examples_validate() {
+    for f in ["server.example.yaml", "agent.example.yaml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("contrib")
+            .join(f);
+        let out = Command::new(env!("CARGO_BIN_EXE_websocks"))
+            .arg("check")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
