@@ -9,9 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::Deserializer;
 
-use super::{Dur, Listen, Secret, User, Users, from_str, is_digest};
+use super::{Dur, Listen, Secret, User, Users, digest_of, from_str};
 use crate::acl::Rule;
-use crate::proto::auth;
 use crate::proto::proxy::{WsUrl, parse_ws_url};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -399,28 +398,12 @@ pub fn validate(
                 format!("server `{}`: user must be non-empty, without `:`", s.name),
             ));
         }
-        let digest = match (&s.password, &s.password_hash) {
-            (Some(p), None) if !p.0.is_empty() => auth::stored_digest(p.0.as_bytes()),
-            (None, Some(h)) if is_digest(h.0.trim()) => h.0.trim().to_string(),
-            (None, Some(_)) => {
-                return Err(err(
-                    &key,
-                    format!(
-                        "server `{}`: password_hash must be the output of `websocks hash-password`",
-                        s.name
-                    ),
-                ));
-            }
-            _ => {
-                return Err(err(
-                    &key,
-                    format!(
-                        "server `{}`: give exactly one of password, password_hash",
-                        s.name
-                    ),
-                ));
-            }
-        };
+        let digest = digest_of(
+            &format!("server `{}`", s.name),
+            s.password.as_ref(),
+            s.password_hash.as_ref(),
+        )
+        .map_err(|m| err(&key, m))?;
         let url = s.url.0.clone();
         let default_port = if url.tls { 443 } else { 80 };
         let host_header = match &s.host {

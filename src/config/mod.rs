@@ -371,32 +371,11 @@ impl TryFrom<RawUser> for User {
                 r.name.escape_default()
             ));
         }
-        let digest = match (r.password, r.password_hash) {
-            (Some(p), None) if !p.0.is_empty() => auth::stored_digest(p.0.as_bytes()),
-            (None, Some(h)) => {
-                let h = h.0.trim().to_string();
-                if !is_digest(&h) {
-                    return Err(format!(
-                        "user `{}`: password_hash must be the 44-character output of `websocks hash-password`",
-                        r.name
-                    ));
-                }
-                h
-            }
-            (Some(_), None) => return Err(format!("user `{}`: password is empty", r.name)),
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "user `{}`: give password or password_hash, not both",
-                    r.name
-                ));
-            }
-            (None, None) => {
-                return Err(format!(
-                    "user `{}`: password or password_hash is required",
-                    r.name
-                ));
-            }
-        };
+        let digest = digest_of(
+            &format!("user `{}`", r.name),
+            r.password.as_ref(),
+            r.password_hash.as_ref(),
+        )?;
         Ok(User {
             name: r.name,
             digest: Secret(digest),
@@ -404,8 +383,28 @@ impl TryFrom<RawUser> for User {
     }
 }
 
+/// The stored digest from exactly one of `password` (the real password)
+/// and `password_hash` (what `hash-password` prints); `who` names the entry
+/// in errors. Users and the agent's servers share this rule.
+pub(crate) fn digest_of(
+    who: &str,
+    password: Option<&Secret>,
+    hash: Option<&Secret>,
+) -> Result<String, String> {
+    match (password, hash) {
+        (Some(p), None) if !p.0.is_empty() => Ok(auth::stored_digest(p.0.as_bytes())),
+        (Some(_), None) => Err(format!("{who}: password is empty")),
+        (None, Some(h)) if is_digest(h.0.trim()) => Ok(h.0.trim().to_string()),
+        (None, Some(_)) => Err(format!(
+            "{who}: password_hash must be the 44-character output of `websocks hash-password`"
+        )),
+        (Some(_), Some(_)) => Err(format!("{who}: give password or password_hash, not both")),
+        (None, None) => Err(format!("{who}: password or password_hash is required")),
+    }
+}
+
 /// Is `s` base64 of 32 bytes, as `hash-password` prints?
-pub(crate) fn is_digest(s: &str) -> bool {
+fn is_digest(s: &str) -> bool {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD
         .decode(s)
