@@ -71,6 +71,15 @@ pub struct Acl {
 }
 
 impl Acl {
+    /// No policy: the agent's own connections (direct routes, its servers).
+    pub fn any() -> Acl {
+        Acl {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            default_allow: true,
+        }
+    }
+
     /// `allow` first, then `deny`, then the default.
     pub fn permits(&self, addr: SocketAddr) -> bool {
         if self.allow.iter().any(|r| r.matches(addr)) {

@@ -124,12 +124,7 @@ async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, R
         }
         Action::Direct => {
             *route = "direct".into();
-            let open = Acl {
-                allow: vec![],
-                deny: vec![],
-                default_allow: true,
-            };
-            let remote = dial::dial(dest, &open, timeout)
+            let remote = dial::dial(dest, &Acl::any(), timeout)
                 .await
                 .map_err(Refusal::Direct)?;
             let bound = Addr::Ip(remote.local_addr().unwrap_or(socks5::UNSPECIFIED));

@@ -4,17 +4,17 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_io::Timer;
-use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, FutureExt, future};
 use smol::channel::{Receiver, Sender};
 
+use crate::acl::Acl;
 use crate::config::agent::{Agent, Server};
+use crate::dial::DialError;
 use crate::proto::socks5::{self, Addr, Reply};
 use crate::proto::{Parse, auth, http, ws};
 use crate::tls::{self, Stream};
@@ -110,22 +110,16 @@ pub struct Upgraded {
 pub async fn upgrade(server: &Server, timeout: Duration) -> Result<Upgraded, UpError> {
     within(Instant::now() + timeout, async {
         let url = &server.url;
-        let addrs: Vec<SocketAddr> = async_net::resolve((url.host.as_str(), url.port))
+        // The same connect as everywhere: every resolved address in turn,
+        // each with its share of the deadline, TCP_NODELAY set.
+        let target = Addr::Domain(url.host.as_bytes().to_vec(), url.port);
+        let tcp = crate::dial::dial(&target, &Acl::any(), timeout)
             .await
-            .map_err(UpError::Connect)?;
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-        let mut stream = None;
-        for a in addrs {
-            match TcpStream::connect(a).await {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        let tcp = stream.ok_or(UpError::Connect(last))?;
-        let _ = tcp.set_nodelay(true);
+            .map_err(|e| match e {
+                DialError::Timeout => UpError::Timeout,
+                DialError::Resolve(e) | DialError::Connect(e) => UpError::Connect(e),
+                DialError::Denied => UpError::Connect(io::Error::other("denied")),
+            })?;
         let mut s = match &server.tls {
             None => Stream::Plain(tcp),
             Some((cfg, name)) => tls::connect(tcp, cfg.clone(), name.clone())
