@@ -14,6 +14,7 @@ use async_signal::{Signal, Signals};
 use futures_lite::{FutureExt, StreamExt};
 use smol::Executor;
 
+use crate::config::agent::Agent;
 use crate::config::{self, Config, Server};
 use crate::systemd::{self, Activated};
 use crate::{agent, server};
@@ -231,22 +232,33 @@ fn listeners(cfg: &Config, act: &mut Activated) -> Result<Vec<Listener>, StartEr
             act.leftover()
         )));
     }
-    // An agent listener reachable beyond loopback needs local users, whether
-    // it came from the config or from systemd.
-    if let Some(a) = &cfg.agent
-        && a.users.is_none()
-    {
-        for l in &out {
-            if let (Role::Agent(_), Ok(addr)) = (l.role, l.socket.local_addr())
-                && !crate::acl::canonical(addr.ip()).is_loopback()
-            {
-                return Err(StartError::Config(format!(
-                    "agent listener {addr} is reachable beyond loopback: add `agent.users`"
-                )));
-            }
-        }
+    // Whether it came from the config or from systemd.
+    let bound = out
+        .iter()
+        .filter_map(|l| Some((l.role, l.socket.local_addr().ok()?)));
+    if let Some(addr) = open_agent(cfg.agent.as_ref(), bound) {
+        return Err(StartError::Config(format!(
+            "agent listener {addr} is reachable beyond loopback: add `agent.users`"
+        )));
     }
     Ok(out)
+}
+
+/// An agent listener reachable beyond loopback while the agent has no
+/// local users: that would be a proxy open to the network.
+fn open_agent(
+    agent: Option<&Agent>,
+    bound: impl IntoIterator<Item = (Role, SocketAddr)>,
+) -> Option<SocketAddr> {
+    if agent?.users.is_some() {
+        return None;
+    }
+    bound
+        .into_iter()
+        .find(|(role, a)| {
+            matches!(role, Role::Agent(_)) && !crate::acl::canonical(a.ip()).is_loopback()
+        })
+        .map(|(_, a)| a)
 }
 
 /// A one-line status for STATUS= and logs.
@@ -284,17 +296,11 @@ fn reload(
     if had_server != new.server.is_some() || had_agent != new.agent.is_some() {
         return Err("a section this process serves is gone from the file: restart to apply".into());
     }
-    // Listeners stay as bound until a restart, so the rule "reachable
-    // beyond loopback needs users" is checked against them, not the file.
-    if let Some(a) = &new.agent
-        && a.users.is_none()
-        && let Some(b) = bound.iter().find(|b| {
-            matches!(b.0, Role::Agent(_)) && !crate::acl::canonical(b.1.ip()).is_loopback()
-        })
-    {
+    // Listeners stay as bound until a restart, so the rule is checked
+    // against them, not the file.
+    if let Some(addr) = open_agent(new.agent.as_ref(), bound.iter().map(|b| (b.0, b.1))) {
         return Err(format!(
-            "agent listener {} is reachable beyond loopback: the file must keep agent.users",
-            b.1
+            "agent listener {addr} is reachable beyond loopback: the file must keep agent.users"
         ));
     }
     // Applied at once: level and grace. Where logs go, and listeners, are

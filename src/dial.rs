@@ -93,12 +93,8 @@ pub async fn resolve(addr: &Addr) -> Result<Vec<SocketAddr>, DialError> {
                     "name is not UTF-8",
                 ))
             })?;
-            let bare = name
-                .strip_prefix('[')
-                .and_then(|n| n.strip_suffix(']'))
-                .unwrap_or(name);
-            if let Ok(ip) = bare.parse() {
-                return Ok(vec![SocketAddr::new(ip, *port)]);
+            if let Name::Ip(sa) = classify(addr) {
+                return Ok(vec![sa]);
             }
             if name.is_empty() || name.bytes().any(|b| b.is_ascii_control() || b == b' ') {
                 return Err(DialError::Resolve(io::Error::new(
