@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_io::Timer;
 use async_net::TcpStream;
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncWriteExt, FutureExt};
 
 use crate::config::{ReplyAddress, Server};
 use crate::dial::{DialError, dial};
@@ -21,7 +21,7 @@ use crate::proto::ws::{self, FrameError, UpgradeError};
 use crate::proto::{Parse, auth};
 use crate::relay::{self, Totals};
 use crate::tls::{self, Stream};
-use crate::wire::{Gone, Wire};
+use crate::wire::{Gone, Wire, close_gracefully};
 
 /// How a connection ended before relaying, for the log line. Each variant
 /// is answered on the wire in exactly one way, chosen in [`Failure::answer`].
@@ -282,37 +282,14 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
                 }
                 Answer::Socks(v) => v,
             };
-            Box::pin(close_gracefully(&mut c.stream, &bytes)).await;
+            Box::pin(close_gracefully(
+                &mut c.stream,
+                &bytes,
+                Duration::from_secs(2),
+            ))
+            .await;
         }
     }
-}
-
-/// Sends a last answer, then half-closes and drains what the client still
-/// sends for a moment, so closing with unread input does not turn into a
-/// reset that destroys the answer before the client reads it.
-async fn close_gracefully(s: &mut Stream, last: &[u8]) {
-    let work = async {
-        if !last.is_empty() {
-            s.send_all(last).await?;
-        }
-        s.close().await?;
-        let mut sink = [0u8; 4096];
-        let mut left: usize = 256 * 1024;
-        while left > 0 {
-            let n = s.read(&mut sink).await?;
-            if n == 0 {
-                break;
-            }
-            left = left.saturating_sub(n);
-        }
-        io::Result::Ok(())
-    };
-    let _ = work
-        .or(async {
-            Timer::after(Duration::from_secs(2)).await;
-            Ok(())
-        })
-        .await;
 }
 
 /// Relays, starting with whatever the client sent early.

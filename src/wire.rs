@@ -4,7 +4,7 @@
 //! did not use for the next stage (spec "Combine Packets").
 
 use std::io;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
@@ -108,4 +108,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             }
         })
     }
+}
+
+/// Sends a last answer, then half-closes and drains what the peer still
+/// sends (at most 256 KiB, for at most `wait`), so closing with unread input
+/// does not turn into a reset that destroys the answer before the peer
+/// reads it.
+pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    last: &[u8],
+    wait: Duration,
+) {
+    let work = async {
+        if !last.is_empty() {
+            s.write_all(last).await?;
+            s.flush().await?;
+        }
+        s.close().await?;
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 256 * 1024;
+        while left > 0 {
+            let n = s.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
+        io::Result::Ok(())
+    };
+    let _ = work
+        .or(async {
+            Timer::after(wait).await;
+            Ok(())
+        })
+        .await;
 }

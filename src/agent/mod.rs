@@ -6,13 +6,12 @@ pub mod route;
 pub mod upstream;
 
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
 use async_net::TcpStream;
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures_lite::AsyncWriteExt;
 use subtle::ConstantTimeEq;
 
 use crate::acl::Acl;
@@ -25,7 +24,7 @@ use crate::proto::proxy::{self, ProxyError, ProxyRequest};
 use crate::proto::socks5::{self, Addr, SocksError};
 use crate::relay;
 use crate::tls::Stream;
-use crate::wire::{Gone, Wire};
+use crate::wire::{Gone, Wire, close_gracefully};
 use upstream::UpError;
 
 /// Which local protocol a listener speaks.
@@ -358,18 +357,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
             }
         }
     }
-    Box::pin(close_gracefully(stream)).await;
-}
-
-/// Half-closes and drains briefly, so a last answer is not lost to a reset.
-async fn close_gracefully(mut s: TcpStream) {
-    let _ = s.shutdown(Shutdown::Write);
-    let mut sink = [0u8; 4096];
-    let _ = async { while s.read(&mut sink).await.unwrap_or(0) > 0 {} }
-        .or(async {
-            Timer::after(Duration::from_secs(1)).await;
-        })
-        .await;
+    let mut stream = stream;
+    Box::pin(close_gracefully(&mut stream, &[], Duration::from_secs(1))).await;
 }
 
 /// Relays after a successful open: destination bytes already here go to the
