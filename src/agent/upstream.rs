@@ -312,41 +312,15 @@ impl Upstream {
     ) {
         let tick = keepalive.min(Duration::from_secs(5)) / 2;
         let mut backoff = Duration::from_millis(250);
+        // When the pool was last swept. A take wakes this loop to refill;
+        // sweeping every pooled connection then too would cost a syscall
+        // per entry on every new tunnel.
+        let mut swept: Option<Instant> = None;
         while !self.is_retired() {
-            // PONGs for those due, dropping the dead.
-            let due: Vec<Pooled> = {
-                let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-                let all: Vec<Pooled> = pool.drain(..).collect();
-                let (due, fresh): (Vec<_>, Vec<_>) = all
-                    .into_iter()
-                    .partition(|p| p.last_pong.elapsed() >= keepalive);
-                pool.extend(
-                    fresh
-                        .into_iter()
-                        .filter_map(|mut p| still_open(&mut p.up.stream).then_some(p)),
-                );
-                due
-            };
-            for mut p in due {
-                let ok = still_open(&mut p.up.stream)
-                    && p.up
-                        .stream
-                        .send_all(&ws::PONG)
-                        .or(async {
-                            Timer::after(timeout).await;
-                            Err(io::ErrorKind::TimedOut.into())
-                        })
-                        .await
-                        .is_ok();
-                if ok {
-                    p.last_pong = Instant::now();
-                    self.pool
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_back(p);
-                }
+            if swept.is_none_or(|t| t.elapsed() >= tick) {
+                self.sweep(keepalive, timeout).await;
+                swept = Some(Instant::now());
             }
-            // Refill.
             let mut failed = false;
             while self.pooled() < size && !self.is_retired() {
                 match upgrade(&self.server, timeout).await {
@@ -388,6 +362,42 @@ impl Upstream {
             }
         }
         self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// PONGs for pooled connections that are due; drops the dead.
+    async fn sweep(&self, keepalive: Duration, timeout: Duration) {
+        let due: Vec<Pooled> = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let all: Vec<Pooled> = pool.drain(..).collect();
+            let (due, fresh): (Vec<_>, Vec<_>) = all
+                .into_iter()
+                .partition(|p| p.last_pong.elapsed() >= keepalive);
+            pool.extend(
+                fresh
+                    .into_iter()
+                    .filter_map(|mut p| still_open(&mut p.up.stream).then_some(p)),
+            );
+            due
+        };
+        for mut p in due {
+            let ok = still_open(&mut p.up.stream)
+                && p.up
+                    .stream
+                    .send_all(&ws::PONG)
+                    .or(async {
+                        Timer::after(timeout).await;
+                        Err(io::ErrorKind::TimedOut.into())
+                    })
+                    .await
+                    .is_ok();
+            if ok {
+                p.last_pong = Instant::now();
+                self.pool
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(p);
+            }
+        }
     }
 
     /// Checks health with a real upgrade every `interval`. Runs forever.
