@@ -85,6 +85,8 @@ pub struct Live {
     agent: RwLock<Option<Arc<agent::State>>>,
     /// `shutdown_grace` in milliseconds, reloadable.
     grace_ms: std::sync::atomic::AtomicU64,
+    /// Executor threads started; a restart applies a new count.
+    threads: usize,
 }
 
 impl Live {
@@ -306,6 +308,9 @@ fn reload(
     // Applied at once: level and grace. Where logs go, and listeners, are
     // kept until a restart.
     crate::log::set_level(new.log_level);
+    if new.thread_count() != live.threads {
+        log::warn!("reload: threads changes take effect at the next restart");
+    }
     live.grace_ms
         .store(new.shutdown_grace.as_millis() as u64, Ordering::Relaxed);
     if let Some(s) = new.server {
@@ -376,9 +381,7 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
     let ls = listeners(&cfg, &mut act)?;
     let signals = Signals::new([Signal::Hup, Signal::Term, Signal::Int]).map_err(StartError::Os)?;
     let ex = Arc::new(Executor::new());
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let threads = cfg.thread_count();
     for i in 1..threads {
         let ex = ex.clone();
         std::thread::Builder::new()
@@ -393,6 +396,7 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
             server: RwLock::new(cfg.server.map(Arc::new)),
             agent: RwLock::new(None),
             grace_ms: (grace.as_millis() as u64).into(),
+            threads,
         });
         if let Some(a) = cfg.agent {
             let upstreams = agent::upstream::start(&a, &ex);

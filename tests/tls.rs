@@ -314,6 +314,11 @@ fn tunnels_over_tls_with_the_test_ca() {
             assert!(line.ends_with("end=closed"), "{line}");
         }
         // Half-close: everything goes up, then FIN; the answer comes back.
+        // TLS on both sides: `threads: auto` is one executor thread per
+        // core.
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(executor_threads(server.child.id()), cores);
+        assert_eq!(executor_threads(d.child.id()), cores);
         let (rep, mut s) = socks_open(d.addr(), sink_then_echo());
         assert_eq!(rep, 0);
         let data = pattern(500_000, 7);

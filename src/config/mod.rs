@@ -160,6 +160,9 @@ pub struct File {
     /// exits anyway.
     #[serde(default = "default_grace")]
     pub shutdown_grace: Dur,
+    /// Executor threads: `auto` (default) or a number from 1 to 256.
+    #[serde(default)]
+    pub threads: Threads,
     pub server: Option<ServerConfig>,
     pub agent: Option<agent::AgentConfig>,
 }
@@ -170,6 +173,36 @@ fn default_syslog_socket() -> PathBuf {
 
 fn default_grace() -> Dur {
     Dur(Duration::from_secs(30))
+}
+
+/// How many threads run the daemon's tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Threads {
+    /// One thread when no TLS is served or dialled (the relay is spliced:
+    /// the kernel does the work, and one thread wakes fewer times than
+    /// several); one per core when TLS is, as encryption is CPU work.
+    #[default]
+    Auto,
+    Fixed(usize),
+}
+
+impl FromStr for Threads {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(Threads::Auto),
+            n => match n.parse::<usize>() {
+                Ok(n @ 1..=256) => Ok(Threads::Fixed(n)),
+                _ => Err(format!("`{s}` is not `auto` or a number from 1 to 256")),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Threads {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d)
+    }
 }
 
 /// Where log lines go.
@@ -446,8 +479,31 @@ pub struct Config {
     pub log_target: LogTarget,
     pub syslog_socket: PathBuf,
     pub shutdown_grace: Duration,
+    pub threads: Threads,
     pub server: Option<Server>,
     pub agent: Option<agent::Agent>,
+}
+
+impl Config {
+    /// Executor threads to run: `threads`, with `auto` resolved against
+    /// whether this file's sections use TLS.
+    pub fn thread_count(&self) -> usize {
+        match self.threads {
+            Threads::Fixed(n) => n,
+            Threads::Auto => {
+                let tls = self.server.as_ref().is_some_and(|s| s.tls.is_some())
+                    || self
+                        .agent
+                        .as_ref()
+                        .is_some_and(|a| a.servers.iter().any(|s| s.tls.is_some()));
+                if tls {
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                } else {
+                    1
+                }
+            }
+        }
+    }
 }
 
 /// Turns a serde_yaml error into file, line and key.
@@ -712,6 +768,7 @@ fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> 
         log_target: file.log_target,
         syslog_socket: file.syslog_socket,
         shutdown_grace: file.shutdown_grace.0,
+        threads: file.threads,
         server,
         agent,
     })

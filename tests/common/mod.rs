@@ -370,3 +370,14 @@ pub fn signal(pid: u32, sig: &str) {
         .expect("run kill");
     assert!(st.success(), "kill -s {sig} {pid}");
 }
+
+/// Executor threads of a `websocks` process: the main thread and those it
+/// starts are named `websocks*`; async-io's reactor helper and the
+/// resolver's blocking pool are not counted.
+pub fn executor_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("websocks"))
+        .count()
+}
