@@ -1,7 +1,8 @@
 //! Benchmark of `websocks` against direct connections, on loopback.
 //!
-//! Run: `cargo bench --bench websocks` (about 5 minutes on 2 cores),
-//! `cargo bench --bench websocks -- --quick` (about 1 minute), and
+//! Run: `cargo bench --bench websocks` (about a minute on 2 cores),
+//! `cargo bench --bench websocks -- --quick` (shorter transfers and
+//! fewer connections), `-- --only bulk,setup,idle` to choose phases and
 //! `-- --conns 2000,10000` to choose the idle-tunnel counts.
 //!
 //! Starts the bench-profile `websocks` binary as a server and as two agents
@@ -10,7 +11,10 @@
 //! the idle-tunnel figure needs more descriptors than one process may hold).
 //! Each tunnelled figure is printed next to the same figure for a direct
 //! connection measured in the same run: the ratios are what count, the
-//! absolute figures depend on the machine.
+//! absolute figures depend on the machine. Rows marked "bare relays" run
+//! the same traffic through two minimal relays instead (this program as
+//! `--relay-helper`: splice(2) in a blocking thread per direction, no
+//! protocol): the floor a two-hop tunnel can reach on the machine.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -344,6 +348,21 @@ impl Proc {
         Self::wait_listening("echo", child, out, stdin, None)
     }
 
+    /// This program as a bare relay to `dest` (`--relay-helper DEST`).
+    fn relay_helper(dest: SocketAddr) -> Proc {
+        let mut child = Command::new(std::env::current_exe().expect("current exe"))
+            .arg("--relay-helper")
+            .arg(dest.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn relay helper");
+        let out = child.stdout.take().expect("stdout pipe");
+        let stdin = child.stdin.take();
+        Self::wait_listening("relay", child, out, stdin, None)
+    }
+
     /// Drains `out` in a thread, keeping its last lines, and waits for the
     /// "listening on ADDR" line.
     fn wait_listening(
@@ -525,12 +544,25 @@ struct SinkReport {
     end: Instant,
 }
 
+#[derive(Clone)]
 struct Dests {
     /// Reads an 8-byte length N, sends N pattern bytes, closes.
     source: SocketAddr,
     /// Reads to EOF, checks the pattern, reports, closes.
     sink: SocketAddr,
-    sink_rx: mpsc::Receiver<SinkReport>,
+    sink_rx: Arc<Mutex<mpsc::Receiver<SinkReport>>>,
+}
+
+impl Dests {
+    /// The same destinations reached through other addresses (relays in
+    /// front of them).
+    fn through(&self, source: SocketAddr, sink: SocketAddr) -> Dests {
+        Dests {
+            source,
+            sink,
+            sink_rx: self.sink_rx.clone(),
+        }
+    }
 }
 
 fn source_conn(mut s: TcpStream) {
@@ -584,7 +616,89 @@ fn start_dests() -> Dests {
     Dests {
         source: serve_each(source_conn),
         sink: serve_each(move |s| sink_conn(s, &tx)),
-        sink_rx,
+        sink_rx: Arc::new(Mutex::new(sink_rx)),
+    }
+}
+
+/// A helper process ends when the bench does: its stdin closes.
+fn exit_with_stdin() {
+    thread::spawn(|| {
+        let mut b = [0u8; 64];
+        let mut i = io::stdin();
+        while matches!(i.read(&mut b), Ok(n) if n > 0) {}
+        std::process::exit(0);
+    });
+}
+
+/// `--relay-helper DEST`: the least a relay can do, for the floor of a
+/// tunnel's two extra hops on this machine: accept, connect to DEST, and
+/// splice(2) each direction in its own blocking thread (socket → 1 MiB
+/// pipe → socket), passing FIN on. No protocol, no event loop.
+fn relay_helper(dest: &str) {
+    let dest: SocketAddr = dest.parse().expect("relay destination");
+    let l = listener();
+    println!("relay listening on {}", l.local_addr().unwrap());
+    let _ = io::stdout().flush();
+    exit_with_stdin();
+    for c in l.incoming() {
+        let Ok(c) = c else { continue };
+        thread::spawn(move || {
+            let Ok(u) = TcpStream::connect(dest) else {
+                return;
+            };
+            let _ = (c.set_nodelay(true), u.set_nodelay(true));
+            let (Ok(c2), Ok(u2)) = (c.try_clone(), u.try_clone()) else {
+                return;
+            };
+            let up = thread::spawn(move || splice_all(&c2, &u2));
+            splice_all(&u, &c);
+            let _ = up.join();
+        });
+    }
+}
+
+/// Moves `from` to `to` through a pipe until EOF, then half-closes `to`.
+fn splice_all(from: &TcpStream, to: &TcpStream) {
+    use rustix::pipe::{SpliceFlags, fcntl_setpipe_size, pipe, splice};
+    const MAX: usize = 1 << 20;
+    let Ok((r, w)) = pipe() else { return };
+    let _ = fcntl_setpipe_size(&w, MAX);
+    loop {
+        let n = match splice(from, None, &w, None, MAX, SpliceFlags::MOVE) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut left = n;
+        while left > 0 {
+            match splice(&r, None, to, None, left, SpliceFlags::MOVE) {
+                Ok(0) | Err(_) => return,
+                Ok(k) => left -= k,
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Two bare relays in a row in front of a destination: a tunnel's route
+/// without its protocol.
+struct Chain {
+    near: Proc,
+    far: Proc,
+}
+
+impl Chain {
+    fn to(dest: SocketAddr) -> Chain {
+        let far = Proc::relay_helper(dest);
+        let near = Proc::relay_helper(far.addr);
+        Chain { near, far }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.near.addr
+    }
+
+    fn ticks(&self) -> u64 {
+        cpu_ticks(self.near.pid()) + cpu_ticks(self.far.pid())
     }
 }
 
@@ -594,12 +708,7 @@ fn echo_helper() {
     let l = smol::net::TcpListener::try_from(listener()).expect("async listener");
     println!("echo listening on {}", l.local_addr().unwrap());
     let _ = io::stdout().flush();
-    thread::spawn(|| {
-        let mut b = [0u8; 64];
-        let mut i = io::stdin();
-        while matches!(i.read(&mut b), Ok(n) if n > 0) {}
-        std::process::exit(0);
-    });
+    exit_with_stdin();
     let ex = Arc::new(smol::Executor::new());
     {
         let ex = ex.clone();
@@ -699,7 +808,8 @@ fn transfer(
     via: Option<SocketAddr>,
     d: &Dests,
 ) -> Result<f64, String> {
-    while d.sink_rx.try_recv().is_ok() {}
+    let sink_rx = d.sink_rx.lock().unwrap();
+    while sink_rx.try_recv().is_ok() {}
     let per = total / streams as u64;
     let (source, sink) = (d.source, d.sink);
     let start = Instant::now();
@@ -726,7 +836,7 @@ fn transfer(
     }
     if dir == Dir::Up {
         for _ in 0..streams {
-            match d.sink_rx.recv_timeout(Duration::from_secs(10)) {
+            match sink_rx.recv_timeout(Duration::from_secs(10)) {
                 Ok(r) => {
                     if !r.ok {
                         errs.push("sink: corrupt data or read error".into());
@@ -759,6 +869,8 @@ fn ping(via: Option<SocketAddr>, echo: SocketAddr) -> io::Result<()> {
 }
 
 struct Latency {
+    /// Completed pings per second of the whole sequential run.
+    per_s: f64,
     median_us: f64,
     p99_us: f64,
     errors: usize,
@@ -772,7 +884,8 @@ fn sequential(via: Option<SocketAddr>, echo: SocketAddr, n: usize) -> Latency {
     let mut v = Vec::with_capacity(n);
     let mut errors = 0;
     let mut first_error = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(60);
     for _ in 0..n {
         let t = Instant::now();
         match ping(via, echo) {
@@ -788,6 +901,7 @@ fn sequential(via: Option<SocketAddr>, echo: SocketAddr, n: usize) -> Latency {
             break;
         }
     }
+    let per_s = v.len() as f64 / start.elapsed().as_secs_f64();
     v.sort_by(f64::total_cmp);
     let at = |q: f64| {
         if v.is_empty() {
@@ -797,6 +911,7 @@ fn sequential(via: Option<SocketAddr>, echo: SocketAddr, n: usize) -> Latency {
         }
     };
     Latency {
+        per_s,
         median_us: at(0.5),
         p99_us: at(0.99),
         errors,
@@ -1016,21 +1131,21 @@ impl Report {
         self.notes.push(n);
     }
 
-    /// A throughput pair; `min_ratio` is the target.
+    /// A throughput pair; `min_ratio` is the target, if any.
     fn throughput(
         &mut self,
         name: &str,
         t: Result<f64, String>,
         d: Result<f64, String>,
-        min_ratio: f64,
+        min_ratio: Option<f64>,
     ) {
         let show = |r: &Result<f64, String>| match r {
             Ok(v) => format!("{v:.0}"),
             Err(_) => "error".into(),
         };
         let (ratio, pass) = match (&t, &d) {
-            (Ok(t), Ok(d)) => (format!("{:.2}x", t / d), Some(t / d >= min_ratio)),
-            _ => ("-".into(), Some(false)),
+            (Ok(t), Ok(d)) => (format!("{:.2}x", t / d), min_ratio.map(|m| t / d >= m)),
+            _ => ("-".into(), min_ratio.map(|_| false)),
         };
         for (what, r) in [("tunnel", &t), ("direct", &d)] {
             if let Err(e) = r {
@@ -1042,7 +1157,7 @@ impl Report {
             show(&t),
             show(&d),
             ratio,
-            &format!(">= {min_ratio:.2}x"),
+            &min_ratio.map_or(String::new(), |m| format!(">= {m:.2}x")),
             pass,
         );
     }
@@ -1129,6 +1244,10 @@ fn main() {
         echo_helper();
         return;
     }
+    if args.first().map(String::as_str) == Some("--relay-helper") {
+        relay_helper(args.get(1).map_or("", String::as_str));
+        return;
+    }
     raise_nofile(&args);
     let o = parse_args(&args);
     let header = format!(
@@ -1181,11 +1300,27 @@ fn pair(
     reps: usize,
     ticks: &dyn Fn() -> u64,
 ) -> (Result<f64, String>, Result<f64, String>, u64) {
+    pair_through(dir, streams, total, via, d, d, reps, ticks)
+}
+
+/// [`pair`], with the measured route reaching the destinations at `route`
+/// (relays in front of them) instead of `direct`.
+#[allow(clippy::too_many_arguments)]
+fn pair_through(
+    dir: Dir,
+    streams: usize,
+    total: u64,
+    via: Option<SocketAddr>,
+    direct: &Dests,
+    route: &Dests,
+    reps: usize,
+    ticks: &dyn Fn() -> u64,
+) -> (Result<f64, String>, Result<f64, String>, u64) {
     let (mut tv, mut dv, mut used) = (Vec::new(), Vec::new(), 0);
     for _ in 0..reps {
-        dv.push(transfer(dir, streams, total, None, d));
+        dv.push(transfer(dir, streams, total, None, direct));
         let c0 = ticks();
-        tv.push(transfer(dir, streams, total, via, d));
+        tv.push(transfer(dir, streams, total, via, route));
         used += ticks() - c0;
     }
     let median = |v: Vec<Result<f64, String>>| -> Result<f64, String> {
@@ -1212,7 +1347,7 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
 
     let reps = o.repeats();
     let (t, d, ticks) = pair(Dir::Down, 1, bulk, via, dests, reps, &agent_server_ticks);
-    rep.throughput("single-stream down (MiB/s)", t.clone(), d, 0.80);
+    rep.throughput("single-stream down (MiB/s)", t.clone(), d, Some(0.80));
     let cpu_ns = ticks as f64 / tck * 1e9 / (bulk * reps as u64) as f64;
     rep.row(
         "CPU agent+server, down (ns/byte)",
@@ -1227,15 +1362,15 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
         Some(t.is_ok() && cpu_ns <= 0.15),
     );
     let (t, d, _) = pair(Dir::Up, 1, bulk, via, dests, reps, &agent_server_ticks);
-    rep.throughput("single-stream up (MiB/s)", t, d, 0.80);
+    rep.throughput("single-stream up (MiB/s)", t, d, Some(0.80));
 
     if !(reset_peak(server.pid()) && reset_peak(pooled.pid())) {
         rep.note("could not reset VmHWM (clear_refs): the peak covers the whole phase".into());
     }
     let (t, d, _) = pair(Dir::Down, 8, bulk, via, dests, reps, &agent_server_ticks);
-    rep.throughput("8 streams down (MiB/s)", t, d, 0.60);
+    rep.throughput("8 streams down (MiB/s)", t, d, Some(0.60));
     let (t, d, _) = pair(Dir::Up, 8, bulk, via, dests, reps, &agent_server_ticks);
-    rep.throughput("8 streams up (MiB/s)", t, d, 0.60);
+    rep.throughput("8 streams up (MiB/s)", t, d, Some(0.60));
     let peak_mib =
         (status_kib(server.pid(), "VmHWM") + status_kib(pooled.pid(), "VmHWM")) as f64 / 1024.0;
     rep.row(
@@ -1246,6 +1381,38 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
         "<= 32",
         Some(peak_mib <= 32.0),
     );
+
+    // The floor: the same route through two bare splice relays (no
+    // protocol, a blocking thread per direction), what the kernel allows a
+    // two-hop tunnel on this machine.
+    let (to_source, to_sink) = (Chain::to(dests.source), Chain::to(dests.sink));
+    let bare = dests.through(to_source.addr(), to_sink.addr());
+    let bare_ticks = || to_source.ticks() + to_sink.ticks();
+    let _ = transfer(Dir::Down, 1, 64 << 20, None, &bare);
+    let (t, d, ticks) = pair_through(Dir::Down, 1, bulk, None, dests, &bare, reps, &bare_ticks);
+    rep.throughput(
+        "single-stream down, bare relays (MiB/s)",
+        t.clone(),
+        d,
+        None,
+    );
+    let cpu_ns = ticks as f64 / tck * 1e9 / (bulk * reps as u64) as f64;
+    rep.row(
+        "CPU bare relays, down (ns/byte)",
+        if t.is_ok() {
+            format!("{cpu_ns:.3}")
+        } else {
+            "error".into()
+        },
+        "-".into(),
+        "-".into(),
+        "",
+        None,
+    );
+    let (t, d, _) = pair_through(Dir::Up, 1, bulk, None, dests, &bare, reps, &bare_ticks);
+    rep.throughput("single-stream up, bare relays (MiB/s)", t, d, None);
+    let (t, d, _) = pair_through(Dir::Down, 8, bulk, None, dests, &bare, reps, &bare_ticks);
+    rep.throughput("8 streams down, bare relays (MiB/s)", t, d, None);
 }
 
 /// Figure 4, connection setup: sequential latency, then the rate at
@@ -1279,6 +1446,14 @@ fn setup_phase(rep: &mut Report, o: &Opts, echo: SocketAddr) {
                 graded.then_some(ratio <= 3.0 && lt.errors == 0),
             );
         }
+        rep.row(
+            &format!("conn/s sequential, {name}"),
+            format!("{:.0}", lt.per_s),
+            format!("{:.0}", ld.per_s),
+            format!("{:.2}x", lt.per_s / ld.per_s),
+            "",
+            None,
+        );
         if lt.errors > 0 {
             rep.note(format!(
                 "setup {name}: {} of {n} failed, first: {}",
@@ -1287,6 +1462,17 @@ fn setup_phase(rep: &mut Report, o: &Opts, echo: SocketAddr) {
             ));
         }
     }
+    // The floor: two bare relays (a thread per connection, no protocol).
+    let chain = Chain::to(echo);
+    let lb = sequential(None, chain.addr(), n);
+    rep.row(
+        "setup through bare relays, median (us)",
+        latency_text(&lb, false),
+        latency_text(&ld, false),
+        format!("{:.2}x", lb.median_us / ld.median_us),
+        "",
+        None,
+    );
     if ld.errors > 0 {
         rep.note(format!(
             "setup direct: {} of {n} failed, first: {}",
@@ -1315,6 +1501,15 @@ fn setup_phase(rep: &mut Report, o: &Opts, echo: SocketAddr) {
             ));
         }
     }
+    let rb = concurrent(None, chain.addr(), total, 32);
+    rep.row(
+        "conn/s at concurrency 32, bare relays",
+        format!("{:.0}", rb.per_s),
+        format!("{:.0}", rd.per_s),
+        format!("{:.2}x", rb.per_s / rd.per_s),
+        "",
+        None,
+    );
     if rd.errors > 0 {
         rep.note(format!(
             "concurrency 32 direct: {} of {total} failed, first: {}",
