@@ -142,6 +142,12 @@ mod splice {
                 }
                 count.fetch_add(n as u64, Ordering::Relaxed);
                 last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                if n < CHUNK {
+                    // Less than asked for: the socket was drained. Wait
+                    // for readiness rather than ask again for an EAGAIN
+                    // (bytes that came meanwhile make it ready at once).
+                    break;
+                }
             }
             give_pipe(pipe);
             from.readable().await.map_err(|e| (Side::Reader, e))?;
