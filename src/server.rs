@@ -214,7 +214,7 @@ struct Record {
 /// when configured, then the handshake, then the relay.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
     let start = Instant::now();
-    let _ = tcp.set_nodelay(true);
+    crate::dial::tune(&tcp, peer);
     let deadline = start + cfg.timeouts.handshake.0;
     let stream = match &cfg.tls {
         None => Stream::Plain(tcp),

@@ -1714,3 +1714,73 @@ fn max_connections_is_enforced() {
     });
     socks_echo_ok(d.addrs[0], b"served again");
 }
+
+/// The congestion control of established TCP sockets matching the `ss`
+/// filter `filter` (the first word of each socket's `-i` line), or `None`
+/// when `ss` (iproute2) is missing.
+fn congestion_of(filter: &str) -> Option<Vec<String>> {
+    let out = Command::new("ss")
+        .args(["-tinH", "state", "established"])
+        .args(filter.split_whitespace())
+        .output()
+        .ok()?;
+    assert!(out.status.success(), "ss {filter}: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with(char::is_whitespace))
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect(),
+    )
+}
+
+/// Every leg of a loopback tunnel (client → agent, agent → server, server
+/// → destination) runs reno when the host's default congestion control is
+/// BBR, which paces each send even where nothing can congest; on any other
+/// host the default is left alone.
+#[test]
+fn loopback_legs_use_reno_when_the_default_is_bbr() {
+    let default = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let want = if default.starts_with("bbr") {
+        "reno"
+    } else {
+        default.as_str()
+    };
+    let server = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
+    let d = simple_agent(server.addr(), "  pool: {size: 1}\n");
+    let echo = echo_server();
+    let (rep, mut s) = socks_open(d.addrs[0], &Addr::Ip(echo), b"");
+    assert_eq!(rep, 0);
+    s.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).unwrap();
+    let legs = [
+        (
+            "agent's side of the client",
+            format!("sport = :{}", d.addrs[0].port()),
+        ),
+        (
+            "agent to server",
+            format!("dport = :{}", server.addr().port()),
+        ),
+        (
+            "server's side of the agent",
+            format!("sport = :{}", server.addr().port()),
+        ),
+        ("server to destination", format!("dport = :{}", echo.port())),
+    ];
+    for (leg, filter) in legs {
+        let Some(ccs) = congestion_of(&filter) else {
+            println!("SKIPPED: ss (iproute2) is not installed");
+            return;
+        };
+        assert!(!ccs.is_empty(), "{leg}: no socket matches {filter}");
+        assert!(
+            ccs.iter().all(|c| c == want),
+            "{leg} ({filter}): {ccs:?}, want {want} (default {default})"
+        );
+    }
+}

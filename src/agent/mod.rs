@@ -301,7 +301,7 @@ fn local_auth_ok(users: &Users, user: &[u8], pass: &[u8]) -> bool {
 /// Serves one accepted local connection to the end and logs one line.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<State>) {
     let start = Instant::now();
-    let _ = stream.set_nodelay(true);
+    crate::dial::tune(&stream, peer);
     let mut local = Local::new(stream.clone(), start + st.cfg.timeouts.handshake.0);
     let kind = match kind {
         Kind::Mixed => match local.more().await {

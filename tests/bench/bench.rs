@@ -647,6 +647,13 @@ fn relay_helper(dest: &str) {
                 return;
             };
             let _ = (c.set_nodelay(true), u.set_nodelay(true));
+            // The socket policy of websocks (src/dial.rs `tune`): reno on
+            // loopback when the host default is BBR.
+            if default_cc().starts_with("bbr") {
+                for s in [&c, &u] {
+                    let _ = socket2::SockRef::from(s).set_tcp_congestion(b"reno");
+                }
+            }
             let (Ok(c2), Ok(u2)) = (c.try_clone(), u.try_clone()) else {
                 return;
             };
@@ -655,6 +662,13 @@ fn relay_helper(dest: &str) {
             let _ = up.join();
         });
     }
+}
+
+/// The host's default TCP congestion control.
+fn default_cc() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Moves `from` to `to` through a pipe until EOF, then half-closes `to`.
@@ -1251,12 +1265,13 @@ fn main() {
     raise_nofile(&args);
     let o = parse_args(&args);
     let header = format!(
-        "websocks bench — {}, {} cores, {}{}",
+        "websocks bench — {}, {} cores, {}, congestion control {}{}",
         utc_now(),
         thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
         cpu_model(),
+        default_cc(),
         if o.quick { " (--quick)" } else { "" }
     );
     eprintln!("{header}");
