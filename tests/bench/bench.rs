@@ -14,7 +14,13 @@
 //! absolute figures depend on the machine. Rows marked "bare relays" run
 //! the same traffic through two minimal relays instead (this program as
 //! `--relay-helper`: splice(2) in a blocking thread per direction, no
-//! protocol): the floor a two-hop tunnel can reach on the machine.
+//! protocol): the floor a two-hop tunnel can reach on the machine. Rows
+//! marked "senders reno" (on a host whose default congestion control is
+//! BBR) repeat the downloads with the destination's sender on reno, as
+//! every sender would be on a reno host: BBR's pacing slows the direct
+//! baseline on loopback, and websocks' own legs use reno there. The CPU
+//! row's direct column is what both ends of the direct transfers (this
+//! program) used per byte.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -1305,7 +1311,8 @@ fn main() {
 }
 
 /// `reps` rounds of (direct, tunnel) transfers: the median MiB/s of each,
-/// and the agent's and server's CPU ticks during the tunnelled ones.
+/// the agent's and server's CPU ticks during the tunnelled ones and this
+/// program's (both ends) during the direct ones.
 fn pair(
     dir: Dir,
     streams: usize,
@@ -1314,7 +1321,7 @@ fn pair(
     d: &Dests,
     reps: usize,
     ticks: &dyn Fn() -> u64,
-) -> (Result<f64, String>, Result<f64, String>, u64) {
+) -> (Result<f64, String>, Result<f64, String>, u64, u64) {
     pair_through(dir, streams, total, via, d, d, reps, ticks)
 }
 
@@ -1330,10 +1337,12 @@ fn pair_through(
     route: &Dests,
     reps: usize,
     ticks: &dyn Fn() -> u64,
-) -> (Result<f64, String>, Result<f64, String>, u64) {
-    let (mut tv, mut dv, mut used) = (Vec::new(), Vec::new(), 0);
+) -> (Result<f64, String>, Result<f64, String>, u64, u64) {
+    let (mut tv, mut dv, mut used, mut direct_used) = (Vec::new(), Vec::new(), 0, 0);
     for _ in 0..reps {
+        let c0 = cpu_ticks(std::process::id());
         dv.push(transfer(dir, streams, total, None, direct));
+        direct_used += cpu_ticks(std::process::id()) - c0;
         let c0 = ticks();
         tv.push(transfer(dir, streams, total, via, route));
         used += ticks() - c0;
@@ -1343,7 +1352,7 @@ fn pair_through(
         ok.sort_by(f64::total_cmp);
         Ok(ok[ok.len() / 2])
     };
-    (median(tv), median(dv), used)
+    (median(tv), median(dv), used, direct_used)
 }
 
 /// Figures 1 to 3 and 6: single-stream throughput, CPU per byte, eight
@@ -1361,9 +1370,13 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
     let _ = transfer(Dir::Down, 1, 64 << 20, via, dests);
 
     let reps = o.repeats();
-    let (t, d, ticks) = pair(Dir::Down, 1, bulk, via, dests, reps, &agent_server_ticks);
+    let (t, d, ticks, direct_ticks) =
+        pair(Dir::Down, 1, bulk, via, dests, reps, &agent_server_ticks);
     rep.throughput("single-stream down (MiB/s)", t.clone(), d, Some(0.80));
-    let cpu_ns = ticks as f64 / tck * 1e9 / (bulk * reps as u64) as f64;
+    let ns_per_byte = |ticks: u64| ticks as f64 / tck * 1e9 / (bulk * reps as u64) as f64;
+    let (cpu_ns, direct_ns) = (ns_per_byte(ticks), ns_per_byte(direct_ticks));
+    // The direct column: what both ends of the direct transfers (source and
+    // client, this process) used per byte, for scale.
     rep.row(
         "CPU agent+server, down (ns/byte)",
         if t.is_ok() {
@@ -1371,20 +1384,20 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
         } else {
             "error".into()
         },
-        "-".into(),
-        "-".into(),
+        format!("{direct_ns:.3}"),
+        format!("{:.2}x", cpu_ns / direct_ns.max(1e-9)),
         "<= 0.15",
         Some(t.is_ok() && cpu_ns <= 0.15),
     );
-    let (t, d, _) = pair(Dir::Up, 1, bulk, via, dests, reps, &agent_server_ticks);
+    let (t, d, _, _) = pair(Dir::Up, 1, bulk, via, dests, reps, &agent_server_ticks);
     rep.throughput("single-stream up (MiB/s)", t, d, Some(0.80));
 
     if !(reset_peak(server.pid()) && reset_peak(pooled.pid())) {
         rep.note("could not reset VmHWM (clear_refs): the peak covers the whole phase".into());
     }
-    let (t, d, _) = pair(Dir::Down, 8, bulk, via, dests, reps, &agent_server_ticks);
+    let (t, d, _, _) = pair(Dir::Down, 8, bulk, via, dests, reps, &agent_server_ticks);
     rep.throughput("8 streams down (MiB/s)", t, d, Some(0.60));
-    let (t, d, _) = pair(Dir::Up, 8, bulk, via, dests, reps, &agent_server_ticks);
+    let (t, d, _, _) = pair(Dir::Up, 8, bulk, via, dests, reps, &agent_server_ticks);
     rep.throughput("8 streams up (MiB/s)", t, d, Some(0.60));
     let peak_mib =
         (status_kib(server.pid(), "VmHWM") + status_kib(pooled.pid(), "VmHWM")) as f64 / 1024.0;
@@ -1404,14 +1417,14 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
     let bare = dests.through(to_source.addr(), to_sink.addr());
     let bare_ticks = || to_source.ticks() + to_sink.ticks();
     let _ = transfer(Dir::Down, 1, 64 << 20, None, &bare);
-    let (t, d, ticks) = pair_through(Dir::Down, 1, bulk, None, dests, &bare, reps, &bare_ticks);
+    let (t, d, ticks, _) = pair_through(Dir::Down, 1, bulk, None, dests, &bare, reps, &bare_ticks);
     rep.throughput(
         "single-stream down, bare relays (MiB/s)",
         t.clone(),
         d,
         None,
     );
-    let cpu_ns = ticks as f64 / tck * 1e9 / (bulk * reps as u64) as f64;
+    let cpu_ns = ns_per_byte(ticks);
     rep.row(
         "CPU bare relays, down (ns/byte)",
         if t.is_ok() {
@@ -1424,10 +1437,27 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
         "",
         None,
     );
-    let (t, d, _) = pair_through(Dir::Up, 1, bulk, None, dests, &bare, reps, &bare_ticks);
+    let (t, d, _, _) = pair_through(Dir::Up, 1, bulk, None, dests, &bare, reps, &bare_ticks);
     rep.throughput("single-stream up, bare relays (MiB/s)", t, d, None);
-    let (t, d, _) = pair_through(Dir::Down, 8, bulk, None, dests, &bare, reps, &bare_ticks);
+    let (t, d, _, _) = pair_through(Dir::Down, 8, bulk, None, dests, &bare, reps, &bare_ticks);
     rep.throughput("8 streams down, bare relays (MiB/s)", t, d, None);
+
+    // On a BBR host the direct baseline above is paced by BBR, which costs
+    // on loopback; websocks' own legs use reno there. Both again with the
+    // destination's sender on reno (every sender reno): the ratio a reno
+    // host would see.
+    if default_cc().starts_with("bbr") {
+        let reno_source = serve_each(|s| {
+            let _ = socket2::SockRef::from(&s).set_tcp_congestion(b"reno");
+            source_conn(s)
+        });
+        let reno = dests.through(reno_source, dests.sink);
+        let _ = transfer(Dir::Down, 1, 64 << 20, None, &reno);
+        let (t, d, _, _) = pair(Dir::Down, 1, bulk, via, &reno, reps, &|| 0);
+        rep.throughput("single-stream down, senders reno (MiB/s)", t, d, None);
+        let (t, d, _, _) = pair(Dir::Down, 8, bulk, via, &reno, reps, &|| 0);
+        rep.throughput("8 streams down, senders reno (MiB/s)", t, d, None);
+    }
 }
 
 /// Figure 4, connection setup: sequential latency, then the rate at
