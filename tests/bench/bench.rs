@@ -646,6 +646,9 @@ fn relay_helper(dest: &str) {
     println!("relay listening on {}", l.local_addr().unwrap());
     let _ = io::stdout().flush();
     exit_with_stdin();
+    // The socket policy of websocks (src/dial.rs `tune`): reno on loopback
+    // when the host default is BBR.
+    let reno = default_cc().starts_with("bbr");
     for c in l.incoming() {
         let Ok(c) = c else { continue };
         thread::spawn(move || {
@@ -653,9 +656,7 @@ fn relay_helper(dest: &str) {
                 return;
             };
             let _ = (c.set_nodelay(true), u.set_nodelay(true));
-            // The socket policy of websocks (src/dial.rs `tune`): reno on
-            // loopback when the host default is BBR.
-            if default_cc().starts_with("bbr") {
+            if reno {
                 for s in [&c, &u] {
                     let _ = socket2::SockRef::from(s).set_tcp_congestion(b"reno");
                 }
