@@ -21,6 +21,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 use sha2::{Digest, Sha256};
+use websocks::proto::Parse;
 use websocks::proto::socks5::{self, Addr};
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -239,18 +240,14 @@ fn socks_open(proxy: SocketAddr, dest: SocketAddr) -> TcpStream {
     socks5::write_connect(&mut out, &Addr::Ip(dest));
     s.write_all(&out).unwrap();
     assert_eq!(read_exact_after(&mut s, Vec::new(), 2), [5, 0]);
-    // Read the reply exactly: a destination that speaks first may have its
-    // bytes arrive in the same segment, and they belong to the caller.
-    let mut head = [0u8; 4];
-    s.read_exact(&mut head).unwrap();
-    assert_eq!(head[..3], [5, 0, 0], "SOCKS5 reply");
-    let len = match head[3] {
-        1 => 4 + 2,
-        4 => 16 + 2,
-        atyp => panic!("unexpected reply address type {atyp}"),
-    };
-    let mut addr = vec![0u8; len];
-    s.read_exact(&mut addr).unwrap();
+    // Read the reply exactly (the server's hidden address, 0.0.0.0:0, makes
+    // it 10 bytes): a destination that speaks first may have its bytes
+    // arrive in the same segment, and they belong to the caller.
+    let reply = read_exact_after(&mut s, Vec::new(), 10);
+    match socks5::parse_reply(&reply) {
+        Ok(Parse::Done(r, 10)) => assert_eq!(r.rep, 0, "SOCKS5 reply"),
+        other => panic!("not a 10-byte SOCKS5 reply: {reply:02x?} ({other:?})"),
+    }
     s
 }
 
