@@ -1,8 +1,10 @@
 //! Destination access control: which resolved addresses and ports the server
 //! may connect to. Checked on every resolved address, after DNS, so a name
-//! that resolves to a denied address is denied too.
+//! that resolves to a denied address is denied too; an IPv6 address that
+//! carries an IPv4 address (mapped, compatible, SIIT, NAT64, 6to4, Teredo)
+//! is checked as that IPv4 address as well.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// One rule: an optional network and an optional port range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,55 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
         },
         v4 => v4,
     }
+}
+
+/// The IPv4 addresses an IPv6 address may reach, by the translation and
+/// tunnelling schemes a host or its network may apply to it. A gateway on
+/// the path turns each of these into IPv4 traffic, so a rule written for
+/// IPv4 (the built-in `127.0.0.0/8`, `169.254.0.0/16`) must see them.
+///
+/// - `::a.b.c.d`, IPv4-compatible (RFC 4291 section 2.5.5.1, deprecated but
+///   still routed by some stacks; not `::` and `::1`); `::ffff:a.b.c.d`, IPv4-mapped, is
+///   handled by [`canonical`].
+/// - `::ffff:0:a.b.c.d`, SIIT (RFC 7915 / RFC 2765).
+/// - `64:ff9b::a.b.c.d`, the NAT64 well-known prefix (RFC 6052 section 2.1).
+/// - `64:ff9b:1::/48`, local-use NAT64 (RFC 8215): its prefix may be /48,
+///   /56, /64 or /96 inside that block and the address does not say which,
+///   so the IPv4 address under each RFC 6052 section 2.2 layout counts.
+/// - `2002:AABB:CCDD::/48`, 6to4 (RFC 3056 section 2).
+/// - `2001:0::/32`, Teredo (RFC 4380 section 4): the server address in bits
+///   32-63 and the client address, obfuscated (inverted), in the last 32.
+pub fn embedded_v4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let b = v6.octets();
+    let seg = v6.segments();
+    let v4 = |o: [u8; 4]| Ipv4Addr::from(o);
+    let last = v4([b[12], b[13], b[14], b[15]]);
+    let mut out = Vec::new();
+    // `::` and `::1` are IPv6's own unspecified and loopback addresses.
+    if b[..12].iter().all(|&x| x == 0) && u32::from(last) > 1 {
+        out.push(last);
+    }
+    if seg[..4] == [0, 0, 0, 0] && seg[4] == 0xffff && seg[5] == 0 {
+        out.push(last);
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        out.push(last);
+    }
+    if seg[..3] == [0x64, 0xff9b, 1] {
+        // RFC 6052 section 2.2: bits 64-71 (octet 8) are always skipped.
+        out.push(v4([b[6], b[7], b[9], b[10]])); // /48
+        out.push(v4([b[7], b[9], b[10], b[11]])); // /56
+        out.push(v4([b[9], b[10], b[11], b[12]])); // /64
+        out.push(last); // /96
+    }
+    if seg[0] == 0x2002 {
+        out.push(v4([b[2], b[3], b[4], b[5]]));
+    }
+    if seg[0] == 0x2001 && seg[1] == 0 {
+        out.push(v4([b[4], b[5], b[6], b[7]]));
+        out.push(v4([!b[12], !b[13], !b[14], !b[15]]));
+    }
+    out
 }
 
 fn in_net(ip: IpAddr, net: IpAddr, len: u8) -> bool {
@@ -80,8 +131,24 @@ impl Acl {
         }
     }
 
-    /// `allow` first, then `deny`, then the default.
+    /// Permitted only when the address and every IPv4 address it embeds
+    /// (see [`embedded_v4`]) are permitted: a deny rule for an IPv4
+    /// network cannot be dodged by writing the address in an IPv6 form, and
+    /// an allow rule for one form does not open the others.
     pub fn permits(&self, addr: SocketAddr) -> bool {
+        let ip = canonical(addr.ip());
+        let views = match ip {
+            IpAddr::V6(v6) => embedded_v4(v6),
+            IpAddr::V4(_) => Vec::new(),
+        };
+        self.permits_one(SocketAddr::new(ip, addr.port()))
+            && views
+                .into_iter()
+                .all(|v4| self.permits_one(SocketAddr::new(IpAddr::V4(v4), addr.port())))
+    }
+
+    /// `allow` first, then `deny`, then the default.
+    fn permits_one(&self, addr: SocketAddr) -> bool {
         if self.allow.iter().any(|r| r.matches(addr)) {
             return true;
         }
@@ -117,7 +184,32 @@ mod tests {
         ] {
             assert!(!acl.permits(sa(denied)), "{denied}");
         }
-        for allowed in ["93.184.216.34:443", "[2001:db8::1]:443", "10.1.2.3:22"] {
+        // IPv4 reached through an IPv6 form (issue 11.3).
+        for denied in [
+            "[::127.0.0.1]:80",
+            "[::ffff:0:127.0.0.1]:80",
+            "[64:ff9b::a9fe:a9fe]:80",
+            "[64:ff9b::127.0.0.1]:22",
+            "[64:ff9b:1:a9fe:a9:fe00::]:80",  // local-use /48 layout
+            "[64:ff9b:1:7f:0:100::]:80",      // local-use /56 layout
+            "[64:ff9b:1::7f:0:1:0]:80",        // local-use /64 layout
+            "[64:ff9b:1::169.254.169.254]:80", // local-use /96 layout
+            "[2002:7f00:1::]:80",
+            "[2002:a9fe:a9fe::1]:80",
+            // Teredo: server 127.0.0.1, or client 169.254.169.254 inverted.
+            "[2001:0:7f00:1::1]:80",
+            "[2001:0:4136:e378:8000:63bf:5601:5601]:80",
+        ] {
+            assert!(!acl.permits(sa(denied)), "{denied}");
+        }
+        for allowed in [
+            "93.184.216.34:443",
+            "[2001:db8::1]:443",
+            "10.1.2.3:22",
+            "[64:ff9b::93.184.216.34]:443",
+            "[2002:5db8:d822::1]:443",
+            "[2001:0:4136:e378:8000:63bf:3fff:fdd2]:443",
+        ] {
             assert!(acl.permits(sa(allowed)), "{allowed}");
         }
     }

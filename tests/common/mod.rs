@@ -381,3 +381,12 @@ pub fn executor_threads(pid: u32) -> usize {
         .filter(|name| name.starts_with("websocks"))
         .count()
 }
+
+/// A test that cannot run here says so; under CI (`CI=true`) a missing
+/// tool or facility fails instead, so CI never passes by skipping.
+pub fn skip(why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true, and this test cannot run: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
