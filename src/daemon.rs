@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -14,51 +14,11 @@ use async_signal::{Signal, Signals};
 use futures_lite::{FutureExt, StreamExt};
 use smol::Executor;
 
+use crate::admission::{Handshakes, Handshaking, Slots};
 use crate::config::agent::Agent;
 use crate::config::{self, Config, Server};
 use crate::systemd::{self, Activated};
 use crate::{agent, server};
-
-/// Counts live connections; a slot is released when its guard drops.
-pub struct Slots {
-    live: AtomicUsize,
-}
-
-pub struct Slot(Arc<Slots>);
-
-impl Slots {
-    pub fn new() -> Slots {
-        Slots {
-            live: AtomicUsize::new(0),
-        }
-    }
-
-    pub fn live(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
-    }
-
-    /// Takes a slot unless `max` are in use.
-    pub fn take(self: &Arc<Self>, max: usize) -> Option<Slot> {
-        self.live
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(self.clone()))
-    }
-}
-
-impl Default for Slots {
-    fn default() -> Self {
-        Slots::new()
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// Why the daemon could not start; each maps to one exit code in `cli`.
 #[derive(Debug)]
@@ -81,7 +41,8 @@ impl std::fmt::Display for StartError {
 /// The configuration in force; a reload swaps whole snapshots, and each
 /// connection keeps the snapshot it started with.
 pub struct Live {
-    server: RwLock<Option<Arc<Server>>>,
+    /// The server's configuration; its presence is fixed at start.
+    server: Option<Arc<server::Current>>,
     agent: RwLock<Option<Arc<agent::State>>>,
     /// `shutdown_grace` in milliseconds, reloadable.
     grace_ms: std::sync::atomic::AtomicU64,
@@ -91,10 +52,7 @@ pub struct Live {
 
 impl Live {
     fn server(&self) -> Option<Arc<Server>> {
-        self.server
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.server.as_ref().map(|c| c.get())
     }
 
     fn agent(&self) -> Option<Arc<agent::State>> {
@@ -127,8 +85,21 @@ async fn accept_loop(
     role: Role,
     live: Arc<Live>,
     slots: Arc<Slots>,
+    handshakes: Arc<Handshakes>,
 ) {
     let mut refused_logged = Instant::now() - Duration::from_secs(60);
+    // Refusals are logged at most once a second, with how many since.
+    let mut refused = 0usize;
+    let mut refuse = |why: String, peer: SocketAddr| {
+        refused += 1;
+        if refused_logged.elapsed() >= Duration::from_secs(1) {
+            log::warn!(
+                "{why}: closing new connection from {peer} ({refused} refused since the last such line)"
+            );
+            refused_logged = Instant::now();
+            refused = 0;
+        }
+    };
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -142,29 +113,42 @@ async fn accept_loop(
                 continue;
             }
         };
-        // The snapshot in force now serves this connection to its end.
+        // The server reads its configuration as each stage needs it; an
+        // agent connection keeps the snapshot in force now to its end.
         let (server, agent) = match role {
-            Role::Server => (live.server(), None),
+            Role::Server => (live.server.clone(), None),
             Role::Agent(_) => (None, live.agent()),
         };
-        let max = match (&server, &agent) {
-            (Some(s), _) => s.max_connections,
-            (_, Some(a)) => a.cfg.max_connections,
+        let (max, budget) = match (&server, &agent) {
+            (Some(s), _) => {
+                let s = s.get();
+                (
+                    s.max_connections,
+                    Some((s.max_handshakes, s.max_handshakes_per_source)),
+                )
+            }
+            (_, Some(a)) => (a.cfg.max_connections, None),
             _ => continue,
         };
+        // Over a limit: close at once.
+        let admitted = match budget {
+            None => Handshaking::none(),
+            Some((max, per_source)) => match handshakes.take(peer.ip(), max, per_source) {
+                Ok(h) => h,
+                Err(full) => {
+                    refuse(full.to_string(), peer);
+                    continue;
+                }
+            },
+        };
         let Some(slot) = slots.take(max) else {
-            // Over the limit: close at once; log at most once a second.
-            if refused_logged.elapsed() >= Duration::from_secs(1) {
-                log::warn!("max_connections ({max}) reached: closing new connection from {peer}");
-                refused_logged = Instant::now();
-            }
-            drop(stream);
+            refuse(format!("max_connections ({max}) reached"), peer);
             continue;
         };
         ex.spawn(async move {
             let _slot = slot;
             match (role, server, agent) {
-                (Role::Server, Some(cfg), _) => server::serve(stream, peer, cfg).await,
+                (Role::Server, Some(cur), _) => server::serve(stream, peer, cur, admitted).await,
                 (Role::Agent(kind), _, Some(st)) => agent::serve(stream, peer, kind, st).await,
                 _ => {}
             }
@@ -319,7 +303,9 @@ fn reload(
             log::warn!("reload: server.listen changes take effect at the next restart");
         }
         changes.push(format!("{} users", s.users.0.len()));
-        *live.server.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(s));
+        if let Some(cur) = &live.server {
+            cur.set(s);
+        }
     }
     if let Some(a) = new.agent {
         if let Some(old) = live.agent()
@@ -393,7 +379,7 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
     let grace = cfg.shutdown_grace;
     smol::block_on(ex.run(async {
         let live = Arc::new(Live {
-            server: RwLock::new(cfg.server.map(Arc::new)),
+            server: cfg.server.map(server::Current::new),
             agent: RwLock::new(None),
             grace_ms: (grace.as_millis() as u64).into(),
             threads,
@@ -405,6 +391,7 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
         }
         // Each side counts its own connections against its own limit.
         let (server_slots, agent_slots) = (Arc::new(Slots::new()), Arc::new(Slots::new()));
+        let handshakes = Arc::new(Handshakes::new());
         let mut loops = Vec::new();
         let mut bound = Vec::new();
         for l in ls {
@@ -434,6 +421,7 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
                 l.role,
                 live.clone(),
                 slots.clone(),
+                handshakes.clone(),
             )));
         }
         let all_slots = [server_slots.clone(), agent_slots.clone()];

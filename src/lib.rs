@@ -5,6 +5,7 @@
 //! `relay`, `dial`, `acl` → `config` → `proto` (sans-I/O codecs).
 
 pub mod acl;
+pub mod admission;
 pub mod agent;
 pub mod cli;
 pub mod config;

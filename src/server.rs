@@ -13,6 +13,7 @@ use async_io::Timer;
 use async_net::TcpStream;
 use futures_lite::{AsyncWriteExt, FutureExt};
 
+use crate::admission::Handshaking;
 use crate::config::{ReplyAddress, Server};
 use crate::dial::{DialError, dial};
 use crate::proto::http::{self, HeadError};
@@ -39,6 +40,11 @@ enum Failure {
     Unauthorized(&'static str, Option<String>),
     /// Bytes after the 101 are not PONGs and the frame.
     Frame(FrameError),
+    /// More PONGs in a second than a keepalive needs.
+    PongFlood,
+    /// The user was removed or their password changed by a reload while
+    /// the connection waited; `true` once a SOCKS5 request is answered.
+    Revoked(bool),
     /// A bad greeting, or no acceptable method.
     Greeting(Option<SocksError>),
     /// A bad request.
@@ -72,7 +78,9 @@ impl Failure {
             Socks(v)
         };
         match self {
-            Failure::Gone(_) | Failure::Frame(_) => Nothing,
+            Failure::Gone(_) | Failure::Frame(_) | Failure::PongFlood => Nothing,
+            Failure::Revoked(false) => Nothing,
+            Failure::Revoked(true) => socks_reply(socks5::REP_NOT_ALLOWED),
             Failure::Head(HeadError::TooLarge) => {
                 Http(400, BAD, vec![], "request head larger than 8 KiB\n")
             }
@@ -137,6 +145,11 @@ impl std::fmt::Display for Failure {
                 None => write!(f, "unauthorized: {why}"),
             },
             Failure::Frame(e) => write!(f, "bad WebSocket frame: {e:?}"),
+            Failure::PongFlood => write!(
+                f,
+                "PONG flood (more than {PONGS_PER_SECOND} in a second while waiting)"
+            ),
+            Failure::Revoked(_) => f.write_str("user removed or password changed by a reload"),
             Failure::Greeting(e) => write!(f, "SOCKS5 greeting refused: {e:?}"),
             Failure::Request(e) => write!(f, "bad SOCKS5 request: {e:?}"),
             Failure::Command(c) => write!(f, "unsupported SOCKS5 command {c:#04x}"),
@@ -172,6 +185,39 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         WAITING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// PONGs a waiting connection may send in one second. A keepalive needs
+/// one every few seconds at most; a burst after a stall may bring a few
+/// dozen at once. More is a flood: the connection is closed.
+pub const PONGS_PER_SECOND: usize = 100;
+
+/// The server configuration in force. A reload swaps it whole and wakes
+/// every connection still waiting for its frame, so a grant made under the
+/// old configuration is checked against the new one at once.
+pub struct Current {
+    cfg: std::sync::RwLock<Arc<Server>>,
+    swapped: event_listener::Event,
+}
+
+impl Current {
+    pub fn new(cfg: Server) -> Arc<Current> {
+        Arc::new(Current {
+            cfg: std::sync::RwLock::new(Arc::new(cfg)),
+            swapped: event_listener::Event::new(),
+        })
+    }
+
+    /// The snapshot in force now.
+    pub fn get(&self) -> Arc<Server> {
+        self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `cfg` in force and tells the waiting connections.
+    pub fn set(&self, cfg: Server) {
+        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(cfg);
+        self.swapped.notify(usize::MAX);
     }
 }
 
@@ -211,9 +257,16 @@ struct Record {
 }
 
 /// Serves one accepted connection to the end and logs one line: TLS first
-/// when configured, then the handshake, then the relay.
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
+/// when configured, then the handshake, then the relay. `admitted` is its
+/// place in the handshake budget, given up once it has authenticated.
+pub async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    current: Arc<Current>,
+    mut admitted: Handshaking,
+) {
     let start = Instant::now();
+    let cfg = current.get();
     crate::dial::tune(&tcp, peer);
     let deadline = start + cfg.timeouts.handshake.0;
     let stream = match &cfg.tls {
@@ -246,8 +299,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, cfg: Arc<Server>) {
         dest: None,
     };
     let mut c = Conn::new(stream, deadline);
-    let result = match Box::pin(handshake(&mut c, &cfg, &mut rec)).await {
-        Ok(dest) => Ok(relay_after(c, dest, cfg.timeouts.idle.0).await),
+    let result = match Box::pin(handshake(&mut c, &cfg, &current, &mut admitted, &mut rec)).await {
+        Ok((dest, idle)) => Ok(relay_after(c, dest, idle).await),
         Err(f) => Err((f, c)),
     };
     let user = rec.user.as_deref().unwrap_or("-");
@@ -318,9 +371,24 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What a waiting connection woke for.
+enum Woke {
+    Bytes(Result<(), Gone>),
+    Reloaded,
+}
+
 /// The handshake, up to the success reply: returns the connected
-/// destination.
-async fn handshake(c: &mut Conn, cfg: &Server, rec: &mut Record) -> Result<TcpStream, Failure> {
+/// destination and the idle timeout in force for its relay. `cfg` is the
+/// snapshot at accept, for the stages before the grant; every later
+/// decision reads `current` again (a reload may come while a pooled
+/// connection waits).
+async fn handshake(
+    c: &mut Conn,
+    cfg: &Server,
+    current: &Current,
+    admitted: &mut Handshaking,
+    rec: &mut Record,
+) -> Result<(TcpStream, Duration), Failure> {
     // 1. HTTP head.
     let head = c.next(http::parse_request, Failure::Head).await?;
     if head.count("Upgrade") == 0
@@ -344,8 +412,8 @@ async fn handshake(c: &mut Conn, cfg: &Server, rec: &mut Record) -> Result<TcpSt
         .map(|s| s.0.as_str())
         .unwrap_or("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
     let ok = auth::verify(&cred.field, digest, now_ms());
-    match (known, ok) {
-        (Some(_), true) => rec.user = Some(cred.user),
+    let granted = match (known, ok) {
+        (Some(d), true) => d.clone(),
         (None, _) => return Err(Failure::Unauthorized("unknown user", Some(cred.user))),
         (Some(_), false) => {
             return Err(Failure::Unauthorized(
@@ -353,7 +421,11 @@ async fn handshake(c: &mut Conn, cfg: &Server, rec: &mut Record) -> Result<TcpSt
                 Some(cred.user),
             ));
         }
-    }
+    };
+    let user = cred.user;
+    rec.user = Some(user.clone());
+    // Authenticated: its place in the handshake budget goes to the next.
+    admitted.done();
     if !up.socks5_offered {
         return Err(Failure::Upgrade(UpgradeError::Protocol));
     }
@@ -364,17 +436,50 @@ async fn handshake(c: &mut Conn, cfg: &Server, rec: &mut Record) -> Result<TcpSt
     // 3. PONGs, then the 10-byte frame. A pooled connection may sit here
     // for long, kept alive by a PONG now and then: each wait is bounded by
     // the idle timeout, not the handshake's.
+    // PONGs are consumed in bulk, at most PONGS_PER_SECOND a second; a
+    // reload that removes the user (or changes the password) closes the
+    // connection at once.
     let waiting = Waiting::new();
+    let mut window = (Instant::now(), 0usize);
+    c.deadline = Instant::now() + cfg.timeouts.idle.0;
     loop {
-        c.deadline = Instant::now() + cfg.timeouts.idle.0;
-        let item = c.next(ws::parse_preamble, Failure::Frame).or(async {
-            stopping().await;
-            Err(Failure::Gone(
-                "server stopping: idle pooled connection closed",
-            ))
-        });
-        if item.await? == ws::Preamble::Frame {
-            break;
+        let pongs = ws::leading_pongs(&c.buf);
+        if pongs > 0 {
+            c.buf.drain(..pongs * ws::PONG.len());
+            if window.0.elapsed() >= Duration::from_secs(1) {
+                window = (Instant::now(), 0);
+            }
+            window.1 += pongs;
+            if window.1 > PONGS_PER_SECOND {
+                return Err(Failure::PongFlood);
+            }
+            c.deadline = Instant::now() + current.get().timeouts.idle.0;
+        }
+        match ws::parse_preamble(&c.buf).map_err(Failure::Frame)? {
+            Parse::Done(ws::Preamble::Frame, used) => {
+                c.buf.drain(..used);
+                break;
+            }
+            Parse::Done(ws::Preamble::Pong, _) => continue,
+            Parse::Incomplete => {}
+        }
+        // Listen before checking, so a swap between the two is not missed.
+        let swapped = current.swapped.listen();
+        if !current.get().users.grants(&user, &granted) {
+            return Err(Failure::Revoked(false));
+        }
+        let woke = async { Woke::Bytes(c.more().await) }
+            .or(async {
+                swapped.await;
+                Woke::Reloaded
+            })
+            .or(async {
+                stopping().await;
+                Woke::Bytes(Err(Gone::Stopping))
+            })
+            .await;
+        if let Woke::Bytes(r) = woke {
+            r?;
         }
     }
     drop(waiting);
@@ -413,7 +518,12 @@ async fn handshake(c: &mut Conn, cfg: &Server, rec: &mut Record) -> Result<TcpSt
         return Err(Failure::Command(req.cmd));
     }
 
-    // 6. Connect, and only then answer.
+    // 6. Connect, and only then answer, under the configuration in force
+    // now: the grant must still hold, and its policy is today's.
+    let cfg = current.get();
+    if !cfg.users.grants(&user, &granted) {
+        return Err(Failure::Revoked(true));
+    }
     let dest = dial(&req.addr, &cfg.acl, cfg.timeouts.connect.0)
         .await
         .map_err(Failure::Dial)?;
@@ -426,5 +536,5 @@ async fn handshake(c: &mut Conn, cfg: &Server, rec: &mut Record) -> Result<TcpSt
     c.deadline = Instant::now() + cfg.timeouts.handshake.0;
     c.send(&out).await?;
 
-    Ok(dest)
+    Ok((dest, cfg.timeouts.idle.0))
 }

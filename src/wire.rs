@@ -20,6 +20,8 @@ pub enum Gone {
     Closed,
     TimedOut,
     Failed,
+    /// The daemon is stopping and the connection carries no tunnel yet.
+    Stopping,
 }
 
 impl Gone {
@@ -28,6 +30,7 @@ impl Gone {
             Gone::Closed => "closed during handshake",
             Gone::TimedOut => "handshake timed out",
             Gone::Failed => "read or write error during handshake",
+            Gone::Stopping => "server stopping: idle pooled connection closed",
         }
     }
 }
@@ -50,17 +53,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
     /// Reads more bytes into `buf` (straight into its spare room: no
     /// separate chunk lives in the future), or fails on EOF, error or the
-    /// deadline.
+    /// deadline. Cancel-safe: dropped before it completes, it leaves `buf`
+    /// as it was (a waiting connection races it with reloads).
     pub async fn more(&mut self) -> Result<(), Gone> {
-        let len = self.buf.len();
-        self.buf.resize(len + READ, 0);
-        let deadline = self.deadline;
-        let r = self.stream.read(&mut self.buf[len..]).or(async {
+        /// Cuts `buf` back to the bytes really read, however the read ends.
+        struct Keep<'a>(&'a mut Vec<u8>, usize);
+        impl Drop for Keep<'_> {
+            fn drop(&mut self) {
+                self.0.truncate(self.1);
+            }
+        }
+        let Wire {
+            stream,
+            buf,
+            deadline,
+        } = self;
+        let len = buf.len();
+        buf.resize(len + READ, 0);
+        let mut keep = Keep(buf, len);
+        let deadline = *deadline;
+        let r = stream.read(&mut keep.0[len..]).or(async {
             Timer::at(deadline).await;
             Err(io::ErrorKind::TimedOut.into())
         });
         let r = r.await;
-        self.buf.truncate(len + *r.as_ref().unwrap_or(&0));
+        keep.1 = len + *r.as_ref().unwrap_or(&0);
+        drop(keep);
         match r {
             Ok(0) => Err(Gone::Closed),
             Ok(_) => Ok(()),

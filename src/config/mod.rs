@@ -254,6 +254,14 @@ pub struct ServerConfig {
     /// Connections served at once; more are closed at accept.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections not yet authenticated, at once (default: half of
+    /// `max_connections`); more are closed at accept.
+    #[serde(default)]
+    pub max_handshakes: Option<usize>,
+    /// Connections not yet authenticated from one address (an IPv6 /64),
+    /// at once (default: a quarter of `max_handshakes`, at most 64).
+    #[serde(default)]
+    pub max_handshakes_per_source: Option<usize>,
     #[serde(default)]
     pub destinations: Destinations,
     #[serde(default)]
@@ -448,6 +456,14 @@ fn is_digest(s: &str) -> bool {
 #[derive(Clone, Default)]
 pub struct Users(pub HashMap<String, Secret>);
 
+impl Users {
+    /// Whether `user` still exists with this stored digest: a grant made
+    /// under an older configuration holds only while this is true.
+    pub fn grants(&self, user: &str, digest: &Secret) -> bool {
+        self.0.get(user) == Some(digest)
+    }
+}
+
 impl fmt::Debug for Users {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Users({} entries)", self.0.len())
@@ -461,6 +477,9 @@ pub struct Server {
     pub users: Users,
     pub timeouts: Timeouts,
     pub max_connections: usize,
+    /// Budget of connections still authenticating, in total and per source.
+    pub max_handshakes: usize,
+    pub max_handshakes_per_source: usize,
     pub acl: Acl,
     pub reply_address: ReplyAddress,
     pub health_path: Option<String>,
@@ -710,6 +729,25 @@ fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> 
             if s.max_connections == 0 {
                 return Err(err("server.max_connections", "must be at least 1".into()));
             }
+            let max_handshakes = s.max_handshakes.unwrap_or((s.max_connections / 2).max(1));
+            if max_handshakes == 0 || max_handshakes > s.max_connections {
+                return Err(err(
+                    "server.max_handshakes",
+                    format!(
+                        "must be from 1 to max_connections ({}), so authenticated tunnels keep room",
+                        s.max_connections
+                    ),
+                ));
+            }
+            let per_source = s
+                .max_handshakes_per_source
+                .unwrap_or((max_handshakes / 4).clamp(1, 64));
+            if per_source == 0 || per_source > max_handshakes {
+                return Err(err(
+                    "server.max_handshakes_per_source",
+                    format!("must be from 1 to max_handshakes ({max_handshakes})"),
+                ));
+            }
             for (k, d) in [
                 ("server.timeouts.handshake", s.timeouts.handshake),
                 ("server.timeouts.connect", s.timeouts.connect),
@@ -741,6 +779,8 @@ fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> 
                 users,
                 timeouts: s.timeouts,
                 max_connections: s.max_connections,
+                max_handshakes,
+                max_handshakes_per_source: per_source,
                 acl: s.destinations.acl(),
                 reply_address: s.socks_reply_address,
                 health_path: s.health_path,

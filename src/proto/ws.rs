@@ -168,6 +168,13 @@ pub fn parse_preamble(buf: &[u8]) -> Result<Parse<Preamble>, FrameError> {
     Ok(check_frame(buf)?.map(|()| Preamble::Frame))
 }
 
+/// How many whole PONGs lead `buf`, so a waiting connection's keepalives
+/// are consumed in bulk (one pass and one drain per read, not one parse
+/// and one buffer shift per two bytes).
+pub fn leading_pongs(buf: &[u8]) -> usize {
+    buf.chunks_exact(2).take_while(|c| *c == PONG).count()
+}
+
 /// Validates one 10-byte frame header, as the agent does with the server's.
 pub fn check_frame(buf: &[u8]) -> Result<Parse<()>, FrameError> {
     // Reject as early as the bytes allow, so garbage is not waited on:
@@ -220,5 +227,16 @@ mod tests {
         assert_eq!(parse_preamble(&[0x81]), Err(FrameError::BadFrame));
         assert_eq!(parse_preamble(&[0x82, 0xff]), Err(FrameError::BadFrame));
         assert_eq!(parse_preamble(&[0; 10]), Err(FrameError::BadFrame));
+    }
+
+    #[test]
+    fn pongs_in_bulk() {
+        assert_eq!(leading_pongs(&[]), 0);
+        assert_eq!(leading_pongs(&[0x8a]), 0);
+        assert_eq!(leading_pongs(&[0x8a, 0x00, 0x8a]), 1);
+        let mut b = PONG.repeat(3);
+        b.extend_from_slice(&FRAME);
+        assert_eq!(leading_pongs(&b), 3);
+        assert_eq!(leading_pongs(&[0x8a, 0x00, 0x8a, 0x01]), 1);
     }
 }
