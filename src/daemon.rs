@@ -508,7 +508,18 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
         drained.or(again).await;
         match live_now() {
             0 => log::info!("stopped"),
-            n => log::warn!("stopped after {grace:?} with {n} connections still open"),
+            n => {
+                // Tunnels still open are cut with a reset on both sides (a
+                // FIN would pass a truncated transfer off as complete),
+                // each logging its line; give them a moment to do so.
+                log::warn!("shutdown grace over: cutting {n} connections still open");
+                crate::relay::cut_all();
+                let until = Instant::now() + Duration::from_secs(1);
+                while live_now() > 0 && Instant::now() < until {
+                    Timer::after(Duration::from_millis(10)).await;
+                }
+                log::warn!("stopped after {grace:?}; cut {n} connections");
+            }
         }
         Ok(())
     }))

@@ -28,6 +28,117 @@ pub enum End {
     ClientError(io::ErrorKind),
     /// The destination's connection failed.
     DestError(io::ErrorKind),
+    /// A write made no progress for the send timeout: the side it goes to
+    /// stopped reading.
+    Stalled,
+    /// Still open when the daemon's shutdown grace ran out.
+    Cut,
+}
+
+impl End {
+    /// Whether the tunnel ended before both sides finished: then both sides
+    /// get a reset, not a FIN, so neither takes a truncated stream for a
+    /// complete one.
+    pub fn truncated(self) -> bool {
+        !matches!(self, End::Closed | End::Idle)
+    }
+}
+
+/// How long a tunnel may sit still: no byte either way (`idle`), or one
+/// direction's writes blocked without progress (`send`, like nginx's
+/// `proxy_send_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub idle: Duration,
+    pub send: Duration,
+}
+
+/// Once one direction has finished, a blocked write in the other is all
+/// that holds the tunnel: it gets this long without progress, not the
+/// whole send timeout (a client that sent its last bytes and left into a
+/// destination that does not read frees its buffers at once).
+const STALL_AFTER_CLOSE: Duration = Duration::from_secs(1);
+
+/// Set when the shutdown grace has run out: every relay ends with
+/// [`End::Cut`] and resets both sides.
+static CUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static CUT_EVENT: event_listener::Event = event_listener::Event::new();
+
+/// Ends every live relay (see [`End::Cut`]).
+pub fn cut_all() {
+    CUT.store(true, Ordering::SeqCst);
+    CUT_EVENT.notify(usize::MAX);
+}
+
+async fn cut() {
+    loop {
+        if CUT.load(Ordering::SeqCst) {
+            return;
+        }
+        let l = CUT_EVENT.listen();
+        if CUT.load(Ordering::SeqCst) {
+            return;
+        }
+        l.await;
+    }
+}
+
+/// Resets `s` when it is closed (SO_LINGER 0): the peer sees
+/// ECONNRESET instead of a clean end of stream.
+pub fn reset_on_close(s: &async_net::TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+}
+
+/// One direction's write stall: when its current blocked write began (ms
+/// since the relay's epoch, plus one; 0 while not blocked).
+struct Stall {
+    since: AtomicU64,
+    watch: std::sync::Arc<Watch>,
+}
+
+/// The watchdog's schedule, shared by both directions: a stall that begins
+/// wakes it only when it sleeps past the stall's deadline (bulk transfers
+/// block many times a second; the watchdog wakes about once per send
+/// timeout at most).
+struct Watch {
+    /// When the watchdog wakes next, ms since the epoch.
+    wake_at: AtomicU64,
+    /// The send timeout in ms.
+    send_ms: u64,
+    event: event_listener::Event,
+}
+
+impl Stall {
+    fn new(watch: &std::sync::Arc<Watch>) -> Stall {
+        Stall {
+            since: AtomicU64::new(0),
+            watch: watch.clone(),
+        }
+    }
+
+    /// A write is about to wait for the other side.
+    fn blocked(&self, epoch: Instant) {
+        if self.since.load(Ordering::Relaxed) == 0 {
+            let now = epoch.elapsed().as_millis() as u64;
+            self.since.store(now + 1, Ordering::Relaxed);
+            if self.watch.wake_at.load(Ordering::Relaxed) > now + self.watch.send_ms {
+                self.watch.event.notify(1);
+            }
+        }
+    }
+
+    /// The write moved bytes.
+    fn moved(&self) {
+        self.since.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the current stall has lasted, if there is one.
+    fn lasted(&self, epoch: Instant) -> Option<Duration> {
+        match self.since.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(epoch.elapsed().saturating_sub(Duration::from_millis(t - 1))),
+        }
+    }
 }
 
 impl std::fmt::Display for End {
@@ -37,6 +148,8 @@ impl std::fmt::Display for End {
             End::Idle => f.write_str("idle-timeout"),
             End::ClientError(k) => write!(f, "client-error({k})"),
             End::DestError(k) => write!(f, "destination-error({k})"),
+            End::Stalled => f.write_str("send-timeout"),
+            End::Cut => f.write_str("cut-at-shutdown"),
         }
     }
 }
@@ -92,7 +205,7 @@ mod splice {
 
     use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
 
-    use super::Side;
+    use super::{Side, Stall};
 
     /// Bytes moved per splice call, and the pipe size asked for.
     const CHUNK: usize = 1024 * 1024;
@@ -108,6 +221,7 @@ mod splice {
         to: Sock,
         count: &AtomicU64,
         last: &AtomicU64,
+        stall: &Stall,
         epoch: Instant,
     ) -> Result<(), (Side, io::Error)> {
         loop {
@@ -126,15 +240,19 @@ mod splice {
                     Err(rustix::io::Errno::AGAIN) => break,
                     // Not spliceable after all: copy through memory instead.
                     Err(rustix::io::Errno::INVAL) => {
-                        return copy(from, to, count, last, epoch).await;
+                        return copy(from, to, count, last, stall, epoch).await;
                     }
                     Err(e) => return Err((Side::Reader, e.into())),
                 };
                 let mut left = n;
                 while left > 0 {
                     match splice(&pipe.0, None, to.get_ref(), None, left, flags()) {
-                        Ok(k) => left -= k,
+                        Ok(k) => {
+                            left -= k;
+                            stall.moved();
+                        }
                         Err(rustix::io::Errno::AGAIN) => {
+                            stall.blocked(epoch);
                             to.writable().await.map_err(|e| (Side::Writer, e))?
                         }
                         Err(e) => return Err((Side::Writer, e.into())),
@@ -186,6 +304,7 @@ mod splice {
         to: Sock,
         count: &AtomicU64,
         last: &AtomicU64,
+        stall: &Stall,
         epoch: Instant,
     ) -> Result<(), (Side, io::Error)> {
         loop {
@@ -205,8 +324,12 @@ mod splice {
                 let mut at = 0;
                 while at < n {
                     match to.get_ref().write(&buf[at..n]) {
-                        Ok(k) => at += k,
+                        Ok(k) => {
+                            at += k;
+                            stall.moved();
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            stall.blocked(epoch);
                             to.writable().await.map_err(|e| (Side::Writer, e))?
                         }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -227,6 +350,7 @@ async fn pump(
     mut to: Writer,
     count: &AtomicU64,
     last: &AtomicU64,
+    stall: &Stall,
     epoch: Instant,
 ) -> Result<(), (Side, io::Error)> {
     let mut buf = vec![0u8; BUF];
@@ -243,12 +367,16 @@ async fn pump(
             let _ = to.close().await;
             return Ok(());
         }
+        // Counted as blocked for as long as the write takes: a write that
+        // cannot finish within the send timeout is a stall.
+        stall.blocked(epoch);
         to.write_all(&buf[..n])
             .await
             .map_err(|e| (Side::Writer, e))?;
         // TLS keeps encrypted bytes buffered until flushed: a burst's tail
         // must not wait for the next burst.
         to.flush().await.map_err(|e| (Side::Writer, e))?;
+        stall.moved();
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -258,8 +386,8 @@ async fn pump(
 /// fails (then both are dropped, closing the sockets), or nothing moves for
 /// `idle`. Plain TCP on both sides goes through the kernel with splice(2)
 /// on Linux: no user-space copy, and no buffer held while a tunnel is idle.
-pub async fn relay(client: Stream, dest: Stream, idle: Duration) -> Totals {
-    relay_up_to(client, dest, idle, None).await
+pub async fn relay(client: Stream, dest: Stream, t: Timeouts) -> Totals {
+    relay_up_to(client, dest, t, None).await
 }
 
 /// Copies at most `limit` bytes from the client on a forwarded HTTP
@@ -301,34 +429,50 @@ async fn limited(
 pub async fn relay_up_to(
     client: Stream,
     dest: Stream,
-    idle: Duration,
+    t: Timeouts,
     up_limit: Option<u64>,
 ) -> Totals {
     let epoch = Instant::now();
     let (up, down, last) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let watch = std::sync::Arc::new(Watch {
+        wake_at: AtomicU64::new(u64::MAX),
+        send_ms: t.send.as_millis() as u64,
+        event: event_listener::Event::new(),
+    });
+    let (up_stall, down_stall) = (Stall::new(&watch), Stall::new(&watch));
+    // Kept to reset both sides if the tunnel is cut short.
+    let (client_tcp, dest_tcp) = (client.tcp().clone(), dest.tcp().clone());
+    let finished = std::sync::atomic::AtomicBool::new(false);
     let (a, b): (Dir<'_>, Dir<'_>) = match (client, dest, up_limit) {
         (client, dest, Some(limit)) => {
             let (cr, cw) = halves(client);
             let (dr, dw) = halves(dest);
             (
                 Box::pin(limited(cr, dw, limit, &up, &last, epoch)),
-                Box::pin(pump(dr, cw, &down, &last, epoch)),
+                Box::pin(pump(dr, cw, &down, &last, &down_stall, epoch)),
             )
         }
         #[cfg(target_os = "linux")]
         (Stream::Plain(c), Stream::Plain(d), None) => {
             let (c, d): (splice::Sock, splice::Sock) = (c.into(), d.into());
             (
-                Box::pin(splice::pump(c.clone(), d.clone(), &up, &last, epoch)),
-                Box::pin(splice::pump(d, c, &down, &last, epoch)),
+                Box::pin(splice::pump(
+                    c.clone(),
+                    d.clone(),
+                    &up,
+                    &last,
+                    &up_stall,
+                    epoch,
+                )),
+                Box::pin(splice::pump(d, c, &down, &last, &down_stall, epoch)),
             )
         }
         (client, dest, None) => {
             let (cr, cw) = halves(client);
             let (dr, dw) = halves(dest);
             (
-                Box::pin(pump(cr, dw, &up, &last, epoch)),
-                Box::pin(pump(dr, cw, &down, &last, epoch)),
+                Box::pin(pump(cr, dw, &up, &last, &up_stall, epoch)),
+                Box::pin(pump(dr, cw, &down, &last, &down_stall, epoch)),
             )
         }
     };
@@ -352,12 +496,17 @@ pub async fn relay_up_to(
                     return Poll::Ready(e);
                 }
                 a_done = true;
+                finished.store(true, Ordering::Relaxed);
+                // The watchdog now applies the shorter stall limit.
+                watch.event.notify(1);
             }
             if !b_done && let Poll::Ready(r) = b.as_mut().poll(cx) {
                 if let Err(e) = r {
                     return Poll::Ready(e);
                 }
                 b_done = true;
+                finished.store(true, Ordering::Relaxed);
+                watch.event.notify(1);
             }
             if a_done && b_done {
                 Poll::Ready(End::Closed)
@@ -367,18 +516,53 @@ pub async fn relay_up_to(
         })
         .await
     };
+    // Sleeps until the idle timeout or the end of a stall, whichever is
+    // first, and wakes early when a stall begins.
     let watchdog = async {
         loop {
+            let woken = watch.event.listen();
             let quiet = epoch
                 .elapsed()
                 .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-            if quiet >= idle {
+            if quiet >= t.idle {
                 return End::Idle;
             }
-            Timer::after(idle - quiet).await;
+            let limit = if finished.load(Ordering::Relaxed) {
+                t.send.min(STALL_AFTER_CLOSE)
+            } else {
+                t.send
+            };
+            let mut next = t.idle - quiet;
+            for stall in [&up_stall, &down_stall] {
+                if let Some(lasted) = stall.lasted(epoch) {
+                    if lasted >= limit {
+                        return End::Stalled;
+                    }
+                    next = next.min(limit - lasted);
+                }
+            }
+            watch.wake_at.store(
+                (epoch.elapsed() + next).as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            async {
+                Timer::after(next).await;
+            }
+            .or(woken)
+            .await;
         }
     };
-    let end = both.or(watchdog).await;
+    let end = both
+        .or(watchdog)
+        .or(async {
+            cut().await;
+            End::Cut
+        })
+        .await;
+    if end.truncated() {
+        reset_on_close(&client_tcp);
+        reset_on_close(&dest_tcp);
+    }
     Totals {
         up: up.load(Ordering::Relaxed),
         down: down.load(Ordering::Relaxed),

@@ -300,7 +300,7 @@ pub async fn serve(
     };
     let mut c = Conn::new(stream, deadline);
     let result = match Box::pin(handshake(&mut c, &cfg, &current, &mut admitted, &mut rec)).await {
-        Ok((dest, idle)) => Ok(relay_after(c, dest, idle).await),
+        Ok((dest, t)) => Ok(relay_after(c, dest, t).await),
         Err(f) => Err((f, c)),
     };
     let user = rec.user.as_deref().unwrap_or("-");
@@ -346,12 +346,13 @@ pub async fn serve(
 }
 
 /// Relays, starting with whatever the client sent early.
-async fn relay_after(c: Conn, mut dest: TcpStream, idle: Duration) -> Totals {
+async fn relay_after(c: Conn, mut dest: TcpStream, t: relay::Timeouts) -> Totals {
     let early = c.buf;
     let sent = early.len() as u64;
     if !early.is_empty()
         && let Err(e) = dest.write_all(&early).await
     {
+        relay::reset_on_close(c.stream.tcp());
         return Totals {
             up: 0,
             down: 0,
@@ -359,7 +360,7 @@ async fn relay_after(c: Conn, mut dest: TcpStream, idle: Duration) -> Totals {
         };
     }
     drop(early);
-    let mut t = relay::relay(c.stream, Stream::Plain(dest), idle).await;
+    let mut t = relay::relay(c.stream, Stream::Plain(dest), t).await;
     t.up += sent;
     t
 }
@@ -388,7 +389,7 @@ async fn handshake(
     current: &Current,
     admitted: &mut Handshaking,
     rec: &mut Record,
-) -> Result<(TcpStream, Duration), Failure> {
+) -> Result<(TcpStream, relay::Timeouts), Failure> {
     // 1. HTTP head.
     let head = c.next(http::parse_request, Failure::Head).await?;
     if head.count("Upgrade") == 0
@@ -536,5 +537,9 @@ async fn handshake(
     c.deadline = Instant::now() + cfg.timeouts.handshake.0;
     c.send(&out).await?;
 
-    Ok((dest, cfg.timeouts.idle.0))
+    let t = relay::Timeouts {
+        idle: cfg.timeouts.idle.0,
+        send: cfg.timeouts.send.0,
+    };
+    Ok((dest, t))
 }

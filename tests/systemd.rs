@@ -858,7 +858,14 @@ fn sigterm_grace_expires_with_tunnel_open() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(3),
         "{took:?}"
     );
-    d.wait_log(&["stopped after 1s with 1 connections still open"]);
+    d.wait_log(&["shutdown grace over: cutting 1 connections"]);
+    d.wait_log(&["stopped after 1s; cut 1 connections"]);
+    // The cut tunnel logged its line, and its client sees a reset, not a
+    // clean end (a truncated transfer must not look complete).
+    d.wait_log(&["up=4 down=4", "end=cut-at-shutdown"]);
+    let mut rest = Vec::new();
+    let err = t.read_to_end(&mut rest).expect_err("a reset, not EOF");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
 }
 
 /// A second SIGTERM (or a SIGINT) ends the wait at once.

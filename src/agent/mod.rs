@@ -318,6 +318,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
     let mut route = String::from("-");
     // The handshake's state is boxed and freed before the relay, so an idle
     // tunnel's task stays small.
+    // A tunnel cut short resets the client (set in the relay): no
+    // graceful FIN after it, or the cut would look like a clean end.
+    let mut truncated = false;
     let opened = match kind {
         Kind::Socks5 => Box::pin(socks_session(&mut local, &st, &mut dest, &mut route)).await,
         _ => Box::pin(http_session(&mut local, &st, &mut dest, &mut route)).await,
@@ -332,7 +335,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
         .unwrap_or_else(|| "-".into());
     match opened {
         Ok((r, to_remote, up_limit)) => {
-            let t = finish(&mut local, r, st.cfg.timeouts.idle.0, to_remote, up_limit).await;
+            let timeouts = relay::Timeouts {
+                idle: st.cfg.timeouts.idle.0,
+                send: st.cfg.timeouts.send.0,
+            };
+            let t = finish(&mut local, r, timeouts, to_remote, up_limit).await;
+            truncated = t.end.truncated();
             let secs = start.elapsed().as_secs_f64();
             log::info!(
                 "agent peer={peer} via={via} dst={dst} route={route} up={} down={} duration={secs:.3}s end={}",
@@ -357,6 +365,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
             }
         }
     }
+    if truncated {
+        return;
+    }
     let mut stream = stream;
     Box::pin(close_gracefully(&mut stream, &[], Duration::from_secs(1))).await;
 }
@@ -366,7 +377,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
 async fn finish(
     local: &mut Local,
     r: Reached,
-    idle: Duration,
+    timeouts: relay::Timeouts,
     mut to_remote: Vec<u8>,
     up_limit: Option<u64>,
 ) -> relay::Totals {
@@ -391,6 +402,8 @@ async fn finish(
     if (!early.is_empty() && local.stream.write_all(&early).await.is_err())
         || (!to_remote.is_empty() && remote.send_all(&to_remote).await.is_err())
     {
+        relay::reset_on_close(&local.stream);
+        relay::reset_on_close(remote.tcp());
         return relay::Totals {
             up: 0,
             down: 0,
@@ -398,7 +411,8 @@ async fn finish(
         };
     }
     drop((early, to_remote));
-    let mut t = relay::relay_up_to(Stream::Plain(local.stream.clone()), remote, idle, rest).await;
+    let mut t =
+        relay::relay_up_to(Stream::Plain(local.stream.clone()), remote, timeouts, rest).await;
     t.up += early_up;
     t.down += early_down;
     t

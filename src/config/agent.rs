@@ -183,6 +183,14 @@ pub struct AgentTimeouts {
     /// server's own connect timeout so its real answer, e.g. 06, arrives).
     #[serde(default = "d30")]
     pub reply: Dur,
+    /// A write in a tunnel that makes no progress for this long (the side
+    /// it goes to stopped reading) ends the tunnel with a reset.
+    #[serde(default = "d60")]
+    pub send: Dur,
+}
+
+fn d60() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 
 fn d30() -> Dur {
@@ -203,6 +211,7 @@ impl Default for AgentTimeouts {
             connect: d10(),
             idle: d300(),
             reply: d30(),
+            send: d60(),
         }
     }
 }
@@ -502,6 +511,7 @@ pub fn validate(
         ("agent.timeouts.connect", a.timeouts.connect),
         ("agent.timeouts.idle", a.timeouts.idle),
         ("agent.timeouts.reply", a.timeouts.reply),
+        ("agent.timeouts.send", a.timeouts.send),
         ("agent.pool.keepalive", a.pool.keepalive),
         ("agent.health.interval", a.health.interval),
         ("agent.health.timeout", a.health.timeout),

@@ -301,6 +301,14 @@ pub struct Timeouts {
     /// A tunnel with no byte either way for this long is closed.
     #[serde(default = "default_idle")]
     pub idle: Dur,
+    /// A write in a tunnel that makes no progress for this long (the side
+    /// it goes to stopped reading) ends the tunnel with a reset.
+    #[serde(default = "default_send")]
+    pub send: Dur,
+}
+
+fn default_send() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 
 fn default_handshake() -> Dur {
@@ -319,6 +327,7 @@ impl Default for Timeouts {
             handshake: default_handshake(),
             connect: default_connect(),
             idle: default_idle(),
+            send: default_send(),
         }
     }
 }
@@ -752,6 +761,7 @@ fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> 
                 ("server.timeouts.handshake", s.timeouts.handshake),
                 ("server.timeouts.connect", s.timeouts.connect),
                 ("server.timeouts.idle", s.timeouts.idle),
+                ("server.timeouts.send", s.timeouts.send),
             ] {
                 if d.0.is_zero() {
                     return Err(err(k, "must be longer than zero".into()));
