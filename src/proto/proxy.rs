@@ -93,11 +93,15 @@ pub fn interpret(head: &Head) -> Result<ProxyRequest, ProxyError> {
     // Userinfo in the URL is not forwarded (RFC 9110 4.2.4).
     let authority = authority.rsplit('@').next().unwrap_or(authority);
     let addr = parse_authority(authority, Some(80)).ok_or(ProxyError::BadTarget)?;
-    // Named hop-by-hop headers are removed too (RFC 9110 7.6.1).
+    // Named hop-by-hop headers are removed too (RFC 9110 7.6.1), except the
+    // body's framing: the body is forwarded as received, so the origin must
+    // read its end where the agent did (`Connection: Transfer-Encoding`
+    // would otherwise turn a chunked body into a request of its own).
     let named: Vec<String> = head
         .all("Connection")
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| t != "content-length" && t != "transfer-encoding")
         .collect();
     // The Host header is the URL's authority (RFC 9112 section 3.2.2), whatever
     // the client sent.
@@ -752,6 +756,28 @@ mod tests {
         let mut b = Body::new(Framing::Chunked);
         assert_eq!(b.feed(b"0\r\n\r\nGET"), Ok(Scan::End(5)));
         assert!(b.done());
+    }
+
+    #[test]
+    fn connection_cannot_drop_the_framing_headers() {
+        let h = parse(
+            "POST http://x/ HTTP/1.1\r\nConnection: Transfer-Encoding, content-length, X\r\n\
+             Transfer-Encoding: chunked\r\nX: 1\r\n\r\n",
+        );
+        let Ok(ProxyRequest::Forward { head, .. }) = interpret(&h) else {
+            panic!()
+        };
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        );
+        let h = parse(
+            "POST http://x/ HTTP/1.1\r\nConnection: Content-Length\r\nContent-Length: 2\r\n\r\n",
+        );
+        let Ok(ProxyRequest::Forward { head, .. }) = interpret(&h) else {
+            panic!()
+        };
+        assert!(head.windows(19).any(|w| w == b"Content-Length: 2\r\n"));
     }
 
     #[test]
