@@ -491,7 +491,8 @@ async fn socks_session(
 }
 
 /// The PAC file: every request through this HTTP proxy, as the browser
-/// reached it.
+/// reached it. `proxy` is written into JavaScript as is: it must be a
+/// [`proxy::plain_authority`] or a socket address.
 fn pac(proxy: &str) -> String {
     format!("function FindProxyForURL(url, host) {{\n  return \"PROXY {proxy}\";\n}}\n")
 }
@@ -517,8 +518,12 @@ async fn http_session(
         ProxyRequest::Local { path } => {
             *route = "local".into();
             if path == "/proxy.pac" && head.first == "GET" {
+                // The Host header is the client's text and becomes code:
+                // only a plain host:port is used, else the address the
+                // client actually connected to.
                 let me = head
                     .one("Host")
+                    .and_then(proxy::plain_authority)
                     .map(str::to_string)
                     .or_else(|| local.stream.local_addr().ok().map(|a| a.to_string()))
                     .unwrap_or_default();

@@ -53,6 +53,27 @@ pub fn parse_authority(s: &str, default_port: Option<u16>) -> Option<Addr> {
     })
 }
 
+/// `host` when it is a plain `host:port`: a name of letters, digits, `.`
+/// and `-`, an IPv4 literal or a bracketed IPv6 literal, and a decimal
+/// port. Such a value can be written into a PAC file's JavaScript string as
+/// it is; anything else (quotes, backslashes, `</script>`) cannot.
+pub fn plain_authority(host: &str) -> Option<&str> {
+    let (name, port) = host.rsplit_once(':')?;
+    let port_ok = (1..=5).contains(&port.len())
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok();
+    let name_ok = match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            (1..=253).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        }
+    };
+    (port_ok && name_ok).then_some(host)
+}
+
 /// Headers that belong to the client-proxy hop only (RFC 9110 7.6.1).
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -778,6 +799,44 @@ mod tests {
             panic!()
         };
         assert!(head.windows(19).any(|w| w == b"Content-Length: 2\r\n"));
+    }
+
+    #[test]
+    fn plain_authorities() {
+        for ok in [
+            "localhost:8118",
+            "127.0.0.1:1",
+            "proxy.example-1.net:65535",
+            "[::1]:8118",
+            "[2001:db8::1]:80",
+        ] {
+            assert_eq!(plain_authority(ok), Some(ok));
+        }
+        for bad in [
+            "",
+            "localhost",
+            "localhost:",
+            ":80",
+            "x\":80",
+            "x:80\"; return \"DIRECT\"; var y=\"",
+            "x\"; return \"DIRECT\"; var y=\":80",
+            "a\\b:80",
+            "</script>:80",
+            "a b:80",
+            "a_b:80",
+            "x:+80",
+            "x:65536",
+            "x:080000",
+            "[::1]",
+            "::1:80",
+            "[::1%lo]:80",
+            "[x]:80",
+            "[::1]]:80",
+            "\u{e9}:80",
+        ] {
+            assert_eq!(plain_authority(bad), None, "{bad:?}");
+        }
+        assert_eq!(plain_authority(&format!("{}:80", "a".repeat(254))), None);
     }
 
     #[test]
