@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_io::Timer;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt, future};
 
+use crate::proto::proxy::{Body, Scan};
 use crate::tls::Stream;
 
 /// Size of each direction's buffer.
@@ -390,22 +391,27 @@ pub async fn relay(client: Stream, dest: Stream, t: Timeouts) -> Totals {
     relay_up_to(client, dest, t, None).await
 }
 
-/// Copies at most `limit` bytes from the client on a forwarded HTTP
-/// request's connection, then stops reading: no byte the client sends after
-/// the request's body (a pipelined next request, meant for another host)
-/// reaches this origin. The origin gets no FIN; it answers and closes
-/// (`Connection: close`).
+/// Copies a forwarded HTTP request's body from the client, up to the end
+/// its framing gives (a `Content-Length` count or the chunked coding's last
+/// chunk), then stops reading: no byte the client sends after the body (a
+/// pipelined next request, meant for another host) reaches this origin. A
+/// malformed chunk ends the tunnel. The origin gets no FIN; it answers and
+/// closes (`Connection: close`).
 async fn limited(
     mut from: Reader,
     mut to: Writer,
-    mut limit: u64,
+    mut body: Body,
     count: &AtomicU64,
     last: &AtomicU64,
     epoch: Instant,
 ) -> Result<(), (Side, io::Error)> {
     let mut buf = vec![0u8; 16 * 1024];
-    while limit > 0 {
-        let want = buf.len().min(limit as usize);
+    while !body.done() {
+        // A counted body is read no further than its end.
+        let want = match body {
+            Body::Length(left) => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
+            Body::Chunked(_) => buf.len(),
+        };
         let n = from
             .read(&mut buf[..want])
             .await
@@ -413,24 +419,28 @@ async fn limited(
         if n == 0 {
             return Ok(());
         }
+        let n = match body.feed(&buf[..n]) {
+            Ok(Scan::More) => n,
+            Ok(Scan::End(k)) => k,
+            Err(_) => return Err((Side::Reader, io::ErrorKind::InvalidData.into())),
+        };
         to.write_all(&buf[..n])
             .await
             .map_err(|e| (Side::Writer, e))?;
         to.flush().await.map_err(|e| (Side::Writer, e))?;
-        limit -= n as u64;
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
     Ok(())
 }
 
-/// [`relay`], with the client-to-destination direction limited to `up`
-/// bytes when given (then copied through memory, not spliced).
+/// [`relay`], with the client-to-destination direction limited to a
+/// request body when given (then copied through memory, not spliced).
 pub async fn relay_up_to(
     client: Stream,
     dest: Stream,
     t: Timeouts,
-    up_limit: Option<u64>,
+    up_limit: Option<Body>,
 ) -> Totals {
     let epoch = Instant::now();
     let (up, down, last) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));

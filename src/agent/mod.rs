@@ -20,7 +20,7 @@ use crate::config::agent::{Action, Agent};
 use crate::dial::{self, DialError};
 use crate::proto::auth;
 use crate::proto::http::{self, HeadError};
-use crate::proto::proxy::{self, ProxyError, ProxyRequest};
+use crate::proto::proxy::{self, Body, Framing, FramingError, ProxyError, ProxyRequest, Scan};
 use crate::proto::socks5::{self, Addr, SocksError};
 use crate::relay;
 use crate::tls::Stream;
@@ -189,8 +189,9 @@ enum Reject {
     ProxyAuth,
     /// A request target the proxy cannot serve.
     BadTarget(ProxyError),
-    /// A forwarded request whose body length is unclear.
-    BadLength,
+    /// A forwarded request whose body has no single, unambiguous end
+    /// (RFC 9112 section 6.3): refused before connecting anywhere.
+    BadFraming(FramingError),
     /// `GET /proxy.pac`, answered here with this file.
     Pac(String),
     /// Any other request to the proxy itself.
@@ -238,7 +239,24 @@ impl Reject {
                 "only http:// URLs are forwarded; use CONNECT for others\n",
             ),
             Reject::BadTarget(ProxyError::BadTarget) => page(400, BAD, &[], "bad request target\n"),
-            Reject::BadLength => page(400, BAD, &[], "bad Content-Length\n"),
+            Reject::BadFraming(FramingError::Both) => {
+                page(400, BAD, &[], "both Content-Length and Transfer-Encoding\n")
+            }
+            Reject::BadFraming(FramingError::DuplicateLength) => {
+                page(400, BAD, &[], "more than one Content-Length\n")
+            }
+            Reject::BadFraming(FramingError::BadLength) => {
+                page(400, BAD, &[], "Content-Length is not a decimal number\n")
+            }
+            Reject::BadFraming(FramingError::BadCoding) => page(
+                400,
+                BAD,
+                &[],
+                "Transfer-Encoding must end in chunked, named once\n",
+            ),
+            Reject::BadFraming(FramingError::Http10Coding) => {
+                page(400, BAD, &[], "Transfer-Encoding in an HTTP/1.0 request\n")
+            }
             Reject::Pac(pac) => page(
                 200,
                 "OK",
@@ -269,7 +287,7 @@ impl std::fmt::Display for Reject {
             Reject::BadHttp(e) => write!(f, "bad HTTP request: {e:?}"),
             Reject::ProxyAuth => f.write_str("proxy authentication required"),
             Reject::BadTarget(e) => write!(f, "bad proxy request: {e:?}"),
-            Reject::BadLength => f.write_str("bad Content-Length"),
+            Reject::BadFraming(e) => write!(f, "ambiguous request body framing: {e:?}"),
             Reject::Pac(_) => f.write_str("served /proxy.pac"),
             Reject::NotFound => f.write_str("request to the proxy itself: 404"),
             Reject::Refused(r) => write!(f, "{r}"),
@@ -334,12 +352,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
         .map(|d: Addr| d.to_string())
         .unwrap_or_else(|| "-".into());
     match opened {
-        Ok((r, to_remote, up_limit)) => {
+        Ok((r, to_remote, framing)) => {
             let timeouts = relay::Timeouts {
                 idle: st.cfg.timeouts.idle.0,
                 send: st.cfg.timeouts.send.0,
             };
-            let t = finish(&mut local, r, timeouts, to_remote, up_limit).await;
+            let t = finish(&mut local, r, timeouts, to_remote, framing).await;
             truncated = t.end.truncated();
             let secs = start.elapsed().as_secs_f64();
             log::info!(
@@ -379,22 +397,33 @@ async fn finish(
     r: Reached,
     timeouts: relay::Timeouts,
     mut to_remote: Vec<u8>,
-    up_limit: Option<u64>,
+    framing: Option<Framing>,
 ) -> relay::Totals {
     let Reached {
         mut remote, early, ..
     } = r;
     // A forwarded request's body may already be here, and with it the
-    // start of a pipelined next request, which must not go to this origin.
-    let rest = match up_limit {
+    // start of a pipelined next request, which must not go to this origin:
+    // the buffered bytes go through the same framing as the rest.
+    let rest = match framing.map(Body::new) {
         None => {
             to_remote.append(&mut local.buf);
             None
         }
-        Some(limit) => {
-            let take = local.buf.len().min(limit as usize);
-            to_remote.extend_from_slice(&local.buf[..take]);
-            Some(limit - take as u64)
+        Some(mut body) => {
+            match body.feed(&local.buf) {
+                Ok(Scan::More) => to_remote.extend_from_slice(&local.buf),
+                Ok(Scan::End(n)) => to_remote.extend_from_slice(&local.buf[..n]),
+                // A malformed chunk: the request does not reach the origin.
+                Err(_) => {
+                    return relay::Totals {
+                        up: 0,
+                        down: 0,
+                        end: relay::End::ClientError(io::ErrorKind::InvalidData),
+                    };
+                }
+            }
+            Some(body)
         }
     };
     local.buf = Vec::new();
@@ -419,9 +448,10 @@ async fn finish(
 }
 
 /// A local session up to the open path: what to relay (the path, bytes for
-/// the destination, and a limit on what else the client may send), or why
-/// not (answered by the caller).
-type Session = Result<(Reached, Vec<u8>, Option<u64>), Reject>;
+/// the destination, and for a forwarded request the framing of the body,
+/// beyond which nothing the client sends is relayed), or why not (answered
+/// by the caller).
+type Session = Result<(Reached, Vec<u8>, Option<Framing>), Reject>;
 
 /// SOCKS5 (RFC 1928), with RFC 1929 when local users are configured.
 async fn socks_session(
@@ -475,7 +505,8 @@ async fn socks_session(
 }
 
 /// The PAC file: every request through this HTTP proxy, as the browser
-/// reached it.
+/// reached it. `proxy` is written into JavaScript as is: it must be a
+/// [`proxy::plain_authority`] or a socket address.
 fn pac(proxy: &str) -> String {
     format!("function FindProxyForURL(url, host) {{\n  return \"PROXY {proxy}\";\n}}\n")
 }
@@ -501,8 +532,12 @@ async fn http_session(
         ProxyRequest::Local { path } => {
             *route = "local".into();
             if path == "/proxy.pac" && head.first == "GET" {
+                // The Host header is the client's text and becomes code:
+                // only a plain host:port is used, else the address the
+                // client actually connected to.
                 let me = head
                     .one("Host")
+                    .and_then(proxy::plain_authority)
                     .map(str::to_string)
                     .or_else(|| local.stream.local_addr().ok().map(|a| a.to_string()))
                     .unwrap_or_default();
@@ -512,30 +547,19 @@ async fn http_session(
         }
         ProxyRequest::Connect(a) => (a, None),
         ProxyRequest::Forward { addr, head: fwd } => {
-            // The body is Content-Length bytes; a chunked body runs to the
-            // end of the connection (one request per connection).
-            let limit = if head.count("Transfer-Encoding") > 0 {
-                None
-            } else {
-                match head
-                    .all("Content-Length")
-                    .next()
-                    .map(|v| v.trim().parse::<u64>())
-                {
-                    None => Some(0),
-                    Some(Ok(n)) if head.count("Content-Length") == 1 => Some(n),
-                    Some(_) => return Err(Reject::BadLength),
-                }
-            };
-            (addr, Some((fwd, limit)))
+            // One request per connection, forwarded up to its body's end;
+            // framing the origin could read otherwise is refused before
+            // anything is routed or dialled (RFC 9112 section 6.3).
+            let framing = proxy::body_framing(&head).map_err(Reject::BadFraming)?;
+            (addr, Some((fwd, framing)))
         }
     };
     *dest = Some(addr.clone());
     let reached = reach(st, &addr, route).await;
     local.deadline = Instant::now() + st.cfg.timeouts.handshake.0;
     let r = reached.map_err(Reject::Refused)?;
-    let (to_remote, limit) = match forward {
-        Some((h, limit)) => (h, limit),
+    let (to_remote, framing) = match forward {
+        Some((h, framing)) => (h, Some(framing)),
         None => {
             local
                 .send(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -543,5 +567,5 @@ async fn http_session(
             (Vec::new(), None)
         }
     };
-    Ok((r, to_remote, limit))
+    Ok((r, to_remote, framing))
 }
