@@ -168,3 +168,102 @@ fn a_destination_that_never_reads_is_cut_after_the_send_timeout() {
         left.elapsed()
     );
 }
+
+/// Kernel memory held by process `pid`: the sum of `ss -tmp` skmem (receive
+/// queue, write queue, forward allocation, options) of its TCP sockets, and
+/// the bytes in its pipes. `None` without `ss`.
+fn kernel_memory(pid: u32) -> Option<(u64, u64)> {
+    let out = std::process::Command::new("ss")
+        .args(["-tmpnH"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let me = format!("pid={pid},");
+    let mut sockets = 0;
+    let mut mine = false;
+    for line in text.lines() {
+        if !line.starts_with(char::is_whitespace) {
+            mine = line.contains(&me);
+        }
+        if let Some(i) = line.find("skmem:(")
+            && mine
+        {
+            let inner = &line[i + 7..];
+            let inner = &inner[..inner.find(')').unwrap_or(inner.len())];
+            for field in inner.split(',') {
+                let (k, v) = field.split_at(field.find(|c: char| c.is_ascii_digit()).unwrap_or(0));
+                if ["r", "w", "f", "o"].contains(&k) {
+                    sockets += v.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    let mut pipes = 0;
+    let mut seen = std::collections::HashSet::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let t = target.to_string_lossy().into_owned();
+        if !t.starts_with("pipe:") || !seen.insert(t) {
+            continue;
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(e.path())
+        {
+            pipes += rustix::io::ioctl_fionread(&f).unwrap_or(0);
+        }
+    }
+    Some((sockets, pipes))
+}
+
+#[test]
+fn tunnels_into_a_never_reading_destination_hold_little_kernel_memory() {
+    if std::process::Command::new("ss").arg("-V").output().is_err() {
+        skip("ss (iproute2) is not installed");
+        return;
+    }
+    let d = Daemon::server(&server_yaml(&format!(
+        "{ALLOW_LOOPBACK}  timeouts: {{send: 4s}}\n"
+    )));
+    let dest = never_reading_destination();
+    const N: usize = 100;
+    let tunnels: Vec<TcpStream> = (0..N).map(|_| tunnel(d.addr(), dest)).collect();
+    let filled: Vec<(TcpStream, usize)> = thread::scope(|sc| {
+        let hs: Vec<_> = tunnels
+            .into_iter()
+            .map(|mut t| {
+                sc.spawn(move || {
+                    let n = fill(&mut t);
+                    (t, n)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let pushed: usize = filled.iter().map(|f| f.1).sum();
+    let (sockets, pipes) = kernel_memory(d.child.id()).unwrap();
+    let per = (sockets + pipes) / N as u64;
+    eprintln!(
+        "{N} stalled tunnels: {} KiB pushed each, server holds {} KiB in sockets + {} KiB in pipes = {} KiB each",
+        pushed / N / 1024,
+        sockets / 1024,
+        pipes / 1024,
+        per / 1024
+    );
+    assert!(per <= 1024 * 1024, "{} KiB per tunnel", per / 1024);
+    // The clients leave: everything is released within the send timeout.
+    drop(filled);
+    let end = Instant::now() + Duration::from_secs(6);
+    loop {
+        let (s, p) = kernel_memory(d.child.id()).unwrap();
+        if s + p < 64 * 1024 {
+            break;
+        }
+        assert!(Instant::now() < end, "still {} KiB held", (s + p) / 1024);
+        thread::sleep(Duration::from_millis(200));
+    }
+}

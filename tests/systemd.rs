@@ -886,7 +886,7 @@ fn second_stop_signal_ends_the_drain() {
         assert_eq!(st.code(), Some(0), "second {second}");
         assert!(t0.elapsed() < Duration::from_secs(2));
         d.wait_log(&["second stop signal"]);
-        d.wait_log(&["with 1 connections still open"]);
+        d.wait_log(&["cutting 1 connections"]);
     }
 }
 
