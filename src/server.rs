@@ -14,7 +14,7 @@ use async_net::TcpStream;
 use futures_lite::{AsyncWriteExt, FutureExt};
 
 use crate::config::{ReplyAddress, Server};
-use crate::dial::{DialError, dial};
+use crate::dial::{Asker, DialError, dial};
 use crate::proto::http::{self, HeadError};
 use crate::proto::socks5::{self, Addr, SocksError};
 use crate::proto::ws::{self, FrameError, UpgradeError};
@@ -413,10 +413,17 @@ async fn handshake(c: &mut Conn, cfg: &Server, rec: &mut Record) -> Result<TcpSt
         return Err(Failure::Command(req.cmd));
     }
 
-    // 6. Connect, and only then answer.
-    let dest = dial(&req.addr, &cfg.acl, cfg.timeouts.connect.0)
-        .await
-        .map_err(Failure::Dial)?;
+    // 6. Connect, and only then answer. A name is looked up in one of this
+    // user's lookup slots, so one user's hanging DNS cannot take them all.
+    let user = rec.user.as_deref().unwrap_or_default();
+    let dest = dial(
+        &req.addr,
+        &cfg.acl,
+        cfg.timeouts.connect.0,
+        Asker::User(user),
+    )
+    .await
+    .map_err(Failure::Dial)?;
     let bound = match cfg.reply_address {
         ReplyAddress::Hidden => SocketAddr::new(socks5::UNSPECIFIED.ip(), req.addr.port()),
         ReplyAddress::Local => dest.local_addr().unwrap_or(socks5::UNSPECIFIED),
