@@ -21,7 +21,7 @@ use crate::proto::socks5::Addr;
 pub enum DialError {
     /// Every resolved address is denied by the ACL.
     Denied,
-    /// The name did not resolve (or is not a valid name).
+    /// The name did not resolve in time (or is not a valid name).
     Resolve(io::Error),
     /// The deadline passed.
     Timeout,
@@ -86,8 +86,8 @@ pub fn classify(addr: &Addr) -> Name {
 }
 
 /// Name lookups in flight at once in the process. Each is a getaddrinfo
-/// call blocking one thread of the `blocking` pool (at most 500 threads,
-/// shared with nothing else here); a resolver that never answers holds its
+/// call blocking one thread of the `blocking` crate's pool (at most 500
+/// threads; nothing else in websocks uses it); a resolver that never answers holds its
 /// thread for its whole timeout (resolv.conf: 5 s times 2 tries by
 /// default), so without a cap one user's names could fill the pool and
 /// queue everyone else's lookups behind theirs.
@@ -132,8 +132,9 @@ struct Slot {
 }
 
 /// A reference to an asker's semaphore. The last one dropped (holder or
-/// waiter, finished or given up) removes the asker from the table, which
-/// so holds only askers with lookups in flight or waiting.
+/// waiter, finished or given up) removes the asker from the table: it
+/// holds only askers with lookups in flight or waiting, not every user
+/// who ever looked a name up.
 struct Entry {
     key: Key,
     sem: Arc<Semaphore>,
@@ -166,8 +167,8 @@ impl Slots {
     /// own semaphore and never queues ahead of others for the shared one.
     ///
     /// An asker over its share waits rather than being refused: a browser
-    /// or a mail client resolves bursts of names, and refusing the 17th of
-    /// them at once would fail lookups that take milliseconds. A waiter
+    /// or a mail client resolves bursts of names, and refusing those past
+    /// the share at once would fail lookups that take milliseconds. A waiter
     /// costs no thread, only its connection, which `max_connections` and
     /// the connect deadline already bound.
     async fn take(&self, who: Asker<'_>) -> Slot {
@@ -254,6 +255,8 @@ pub async fn resolve(
             .await?;
             let (name, port) = (name.to_owned(), *port);
             let lookup = smol::unblock(move || {
+                // Released when getaddrinfo returns, even if the caller has
+                // given up by then (see `Slot`).
                 let _slot = slot;
                 (name.as_str(), port)
                     .to_socket_addrs()

@@ -116,7 +116,10 @@ pub async fn upgrade(server: &Server, timeout: Duration) -> Result<Upgraded, UpE
         let tcp = crate::dial::dial(&target, &Acl::any(), timeout, Asker::Agent)
             .await
             .map_err(|e| match e {
+                // The deadline passing during the lookup is still a timeout
+                // here (a server that cannot be reached in time).
                 DialError::Timeout => UpError::Timeout,
+                DialError::Resolve(e) if e.kind() == io::ErrorKind::TimedOut => UpError::Timeout,
                 DialError::Resolve(e) | DialError::Connect(e) => UpError::Connect(e),
                 DialError::Denied => UpError::Connect(io::Error::other("denied")),
             })?;
