@@ -190,8 +190,8 @@ mod tests {
             "[::ffff:0:127.0.0.1]:80",
             "[64:ff9b::a9fe:a9fe]:80",
             "[64:ff9b::127.0.0.1]:22",
-            "[64:ff9b:1:a9fe:a9:fe00::]:80",  // local-use /48 layout
-            "[64:ff9b:1:7f:0:100::]:80",      // local-use /56 layout
+            "[64:ff9b:1:a9fe:a9:fe00::]:80",   // local-use /48 layout
+            "[64:ff9b:1:7f:0:100::]:80",       // local-use /56 layout
             "[64:ff9b:1::7f:0:1:0]:80",        // local-use /64 layout
             "[64:ff9b:1::169.254.169.254]:80", // local-use /96 layout
             "[2002:7f00:1::]:80",

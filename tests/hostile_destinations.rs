@@ -37,7 +37,10 @@ fn ipv6_forms_of_denied_ipv4_are_refused_02() {
         let (rep, _, _) = tunnel_reply(d.addr(), &Addr::Domain(a.as_bytes().to_vec(), 80));
         assert_eq!(rep, 0x02, "{a} as a literal name");
     }
-    d.wait_log(&["dst=[64:ff9b::a9fe:a9fe]:80", "denied by destinations policy"]);
+    d.wait_log(&[
+        "dst=[64:ff9b::a9fe:a9fe]:80",
+        "denied by destinations policy",
+    ]);
 }
 
 /// Runs the server in a mount namespace whose /etc/hosts maps names to the
