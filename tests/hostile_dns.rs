@@ -154,12 +154,15 @@ fn server_with_fake_dns(yaml: &str) -> Option<Daemon> {
         return None;
     }
     script.push_str("exec \"$0\" \"$@\"");
-    Some(Daemon::start_via(
+    let d = Daemon::start_via(
         &["unshare", "-m", "sh", "-c", &script],
         &["server"],
         yaml,
         1,
-    ))
+    );
+    // Listening, so mounted: the mounts keep the files, not their names.
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(d)
 }
 
 /// Upgrade request for `user`, then frame, greeting and CONNECT `dest`,
