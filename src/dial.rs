@@ -1,13 +1,17 @@
-//! Connecting to a destination: resolve, filter through the ACL, then try
-//! each permitted address in turn, all under one deadline.
+//! Connecting to a destination: resolve (within a bounded, fairly shared
+//! number of lookups), filter through the ACL, then try each permitted
+//! address in turn, all under one deadline.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use async_net::TcpStream;
 use futures_lite::FutureExt;
+use smol::lock::{Semaphore, SemaphoreGuardArc};
 
 use crate::acl::{Acl, canonical};
 use crate::proto::socks5::Addr;
@@ -17,7 +21,7 @@ use crate::proto::socks5::Addr;
 pub enum DialError {
     /// Every resolved address is denied by the ACL.
     Denied,
-    /// The name did not resolve (or is not a valid name).
+    /// The name did not resolve in time (or is not a valid name).
     Resolve(io::Error),
     /// The deadline passed.
     Timeout,
@@ -81,9 +85,150 @@ pub fn classify(addr: &Addr) -> Name {
     }
 }
 
-/// Resolves `addr` to socket addresses. IP literals in domain form
-/// (`"127.0.0.1"`, `"::1"`) are taken as IPs without a lookup.
-pub async fn resolve(addr: &Addr) -> Result<Vec<SocketAddr>, DialError> {
+/// Name lookups in flight at once in the process. Each is a getaddrinfo
+/// call blocking one thread of the `blocking` crate's pool (at most 500
+/// threads; nothing else in websocks uses it); a resolver that never answers holds its
+/// thread for its whole timeout (resolv.conf: 5 s times 2 tries by
+/// default), so without a cap one user's names could fill the pool and
+/// queue everyone else's lookups behind theirs.
+pub const MAX_LOOKUPS: usize = 64;
+
+/// Lookups in flight for one asker (one server user; the agent's own
+/// lookups count as one asker of their own): a quarter of the cap, so one
+/// user's hanging names leave three quarters to everyone else.
+pub const MAX_LOOKUPS_PER_ASKER: usize = MAX_LOOKUPS / 4;
+
+/// Whose lookup it is: each asker gets at most its share of the slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asker<'a> {
+    /// A server user, by the name it authenticated with.
+    User(&'a str),
+    /// The agent's own lookups: direct routes and its servers' host names.
+    Agent,
+}
+
+/// An asker as a table key (a user may well be called "agent").
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    User(String),
+    Agent,
+}
+
+/// The lookup slots: one semaphore for the process, one per asker.
+struct Slots {
+    all: Arc<Semaphore>,
+    per_asker: usize,
+    askers: Arc<Mutex<HashMap<Key, Arc<Semaphore>>>>,
+}
+
+/// A held slot. Dropped only when the getaddrinfo call returns (it moves
+/// into the blocking closure), so a stuck lookup keeps its thread *and*
+/// its slot, and the cap bounds threads, not just waiting callers. Fields
+/// drop in order: both permits first, then the table entry is pruned.
+struct Slot {
+    _all: SemaphoreGuardArc,
+    _mine: SemaphoreGuardArc,
+    _entry: Entry,
+}
+
+/// A reference to an asker's semaphore. The last one dropped (holder or
+/// waiter, finished or given up) removes the asker from the table: it
+/// holds only askers with lookups in flight or waiting, not every user
+/// who ever looked a name up.
+struct Entry {
+    key: Key,
+    sem: Arc<Semaphore>,
+    askers: Arc<Mutex<HashMap<Key, Arc<Semaphore>>>>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let mut askers = self.askers.lock().unwrap_or_else(|e| e.into_inner());
+        // Every other reference is the table's or another Entry's (or a
+        // permit inside a Slot, which drops before that Slot's Entry), and
+        // new ones are only made under this lock.
+        if Arc::strong_count(&self.sem) == 2 {
+            askers.remove(&self.key);
+        }
+    }
+}
+
+impl Slots {
+    fn new(all: usize, per_asker: usize) -> Slots {
+        Slots {
+            all: Arc::new(Semaphore::new(all)),
+            per_asker,
+            askers: Arc::default(),
+        }
+    }
+
+    /// Waits for a slot: first one of `who`'s share, then one of the
+    /// process's. In that order, so an asker over its share waits on its
+    /// own semaphore and never queues ahead of others for the shared one.
+    ///
+    /// An asker over its share waits rather than being refused: a browser
+    /// or a mail client resolves bursts of names, and refusing those past
+    /// the share at once would fail lookups that take milliseconds. A waiter
+    /// costs no thread, only its connection, which `max_connections` and
+    /// the connect deadline already bound.
+    async fn take(&self, who: Asker<'_>) -> Slot {
+        let entry = {
+            let key = match who {
+                Asker::User(u) => Key::User(u.to_owned()),
+                Asker::Agent => Key::Agent,
+            };
+            let mut askers = self.askers.lock().unwrap_or_else(|e| e.into_inner());
+            let sem = askers
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_asker)))
+                .clone();
+            Entry {
+                key,
+                sem,
+                askers: self.askers.clone(),
+            }
+        };
+        let mine = entry.sem.acquire_arc().await;
+        let all = self.all.acquire_arc().await;
+        Slot {
+            _all: all,
+            _mine: mine,
+            _entry: entry,
+        }
+    }
+}
+
+static LOOKUPS: LazyLock<Slots> = LazyLock::new(|| Slots::new(MAX_LOOKUPS, MAX_LOOKUPS_PER_ASKER));
+
+/// Runs `f` until `deadline`; after it, fails with what `late` makes.
+async fn by<T>(
+    deadline: Instant,
+    f: impl Future<Output = Result<T, DialError>>,
+    late: impl FnOnce() -> DialError,
+) -> Result<T, DialError> {
+    f.or(async {
+        Timer::at(deadline).await;
+        Err(late())
+    })
+    .await
+}
+
+/// A lookup that did not finish by the deadline is answered like one the
+/// resolver gave up on (EAI_AGAIN), `Resolve`, so SOCKS5 `04` host
+/// unreachable (RFC 1928 section 6): the answer says what failed, not
+/// which clock noticed first. `06` stays for a TCP connect out of time.
+fn lookup_late(why: &'static str) -> impl FnOnce() -> DialError {
+    move || DialError::Resolve(io::Error::new(io::ErrorKind::TimedOut, why))
+}
+
+/// Resolves `addr` to socket addresses by `deadline`, in one of `who`'s
+/// lookup slots. IP literals in domain form (`"127.0.0.1"`, `"::1"`) are
+/// taken as IPs without a lookup (and without a slot).
+pub async fn resolve(
+    addr: &Addr,
+    who: Asker<'_>,
+    deadline: Instant,
+) -> Result<Vec<SocketAddr>, DialError> {
     match addr {
         Addr::Ip(sa) => Ok(vec![*sa]),
         Addr::Domain(name, port) => {
@@ -102,9 +247,23 @@ pub async fn resolve(addr: &Addr) -> Result<Vec<SocketAddr>, DialError> {
                     "invalid name",
                 )));
             }
-            let found = async_net::resolve((name, *port))
-                .await
-                .map_err(DialError::Resolve)?;
+            let slot = by(
+                deadline,
+                async { Ok(LOOKUPS.take(who).await) },
+                lookup_late("no lookup slot free in time (too many lookups in flight)"),
+            )
+            .await?;
+            let (name, port) = (name.to_owned(), *port);
+            let lookup = smol::unblock(move || {
+                // Released when getaddrinfo returns, even if the caller has
+                // given up by then (see `Slot`).
+                let _slot = slot;
+                (name.as_str(), port)
+                    .to_socket_addrs()
+                    .map(Vec::from_iter)
+                    .map_err(DialError::Resolve)
+            });
+            let found = by(deadline, lookup, lookup_late("name lookup timed out")).await?;
             if found.is_empty() {
                 return Err(DialError::Resolve(io::Error::new(
                     io::ErrorKind::NotFound,
@@ -117,19 +276,25 @@ pub async fn resolve(addr: &Addr) -> Result<Vec<SocketAddr>, DialError> {
 }
 
 /// Connects to `addr` within `timeout`, trying each resolved address the ACL
-/// permits, and [`tune`]s the connection.
-pub async fn dial(addr: &Addr, acl: &Acl, timeout: Duration) -> Result<TcpStream, DialError> {
+/// permits, and [`tune`]s the connection. A name is looked up in one of
+/// `who`'s slots (see [`resolve`]).
+pub async fn dial(
+    addr: &Addr,
+    acl: &Acl,
+    timeout: Duration,
+    who: Asker<'_>,
+) -> Result<TcpStream, DialError> {
     let deadline = Instant::now() + timeout;
+    let all = resolve(addr, who, deadline).await?;
+    let permitted: Vec<SocketAddr> = all
+        .into_iter()
+        .map(|sa| SocketAddr::new(canonical(sa.ip()), sa.port()))
+        .filter(|sa| acl.permits(*sa))
+        .collect();
+    if permitted.is_empty() {
+        return Err(DialError::Denied);
+    }
     let attempt = async {
-        let all = resolve(addr).await?;
-        let permitted: Vec<SocketAddr> = all
-            .into_iter()
-            .map(|sa| SocketAddr::new(canonical(sa.ip()), sa.port()))
-            .filter(|sa| acl.permits(*sa))
-            .collect();
-        if permitted.is_empty() {
-            return Err(DialError::Denied);
-        }
         let mut last = None;
         let n = permitted.len();
         for (i, sa) in permitted.into_iter().enumerate() {
@@ -159,12 +324,7 @@ pub async fn dial(addr: &Addr, acl: &Acl, timeout: Duration) -> Result<TcpStream
             last.unwrap_or_else(|| io::Error::other("no address")),
         ))
     };
-    attempt
-        .or(async {
-            Timer::at(deadline).await;
-            Err(DialError::Timeout)
-        })
-        .await
+    by(deadline, attempt, || DialError::Timeout).await
 }
 
 /// Socket options for every leg, accepted or dialled: `TCP_NODELAY` (the
@@ -206,5 +366,53 @@ mod tests {
         for n in ["example.com", "1.example", "0x.example", "a1", "1.2.3.4.5"] {
             assert_eq!(d(n), Name::Host, "{n}");
         }
+    }
+
+    /// Whether `f` completes on its first poll.
+    fn ready<T>(f: impl Future<Output = T>) -> Option<T> {
+        smol::block_on(futures_lite::future::poll_once(f))
+    }
+
+    #[test]
+    fn slots_are_shared_fairly_and_released() {
+        let slots = Slots::new(4, 2);
+        let mallory = Asker::User("mallory");
+        let m1 = ready(slots.take(mallory)).unwrap();
+        let m2 = ready(slots.take(mallory)).unwrap();
+        // Over her share: she waits, and her waiting takes nothing shared.
+        assert!(ready(slots.take(mallory)).is_none());
+        let a1 = ready(slots.take(Asker::User("alice"))).unwrap();
+        // The agent is an asker of its own, whatever the users are called.
+        let _u = ready(slots.take(Asker::User("agent"))).unwrap();
+        // The process's cap is reached: everyone waits.
+        assert!(ready(slots.take(Asker::Agent)).is_none());
+        drop(a1);
+        let g = ready(slots.take(Asker::Agent)).unwrap();
+        drop((m1, m2, g));
+        assert!(ready(slots.take(mallory)).is_some());
+    }
+
+    #[test]
+    fn askers_leave_the_table_with_their_last_lookup() {
+        let slots = Slots::new(2, 1);
+        let held = ready(slots.take(Asker::User("m"))).unwrap();
+        // A waiter that gives up (its deadline passed) ...
+        assert!(ready(slots.take(Asker::User("m"))).is_none());
+        // ... and one waiting for the process's last slot.
+        let _a = ready(slots.take(Asker::User("a"))).unwrap();
+        assert!(ready(slots.take(Asker::User("b"))).is_none());
+        drop(held);
+        assert_eq!(slots.askers.lock().unwrap().len(), 1, "only a is left");
+        drop(_a);
+        assert!(slots.askers.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ip_literals_take_no_slot() {
+        let far = Instant::now() + Duration::from_secs(5);
+        let name = Addr::Domain(b"[::1]".to_vec(), 22);
+        let all = smol::block_on(resolve(&name, Asker::Agent, far)).unwrap();
+        assert_eq!(all, ["[::1]:22".parse().unwrap()]);
+        assert!(LOOKUPS.askers.lock().unwrap().is_empty());
     }
 }

@@ -15,7 +15,7 @@ use futures_lite::{AsyncWriteExt, FutureExt};
 
 use crate::admission::Handshaking;
 use crate::config::{ReplyAddress, Server};
-use crate::dial::{DialError, dial};
+use crate::dial::{Asker, DialError, dial};
 use crate::proto::http::{self, HeadError};
 use crate::proto::socks5::{self, Addr, SocksError};
 use crate::proto::ws::{self, FrameError, UpgradeError};
@@ -520,14 +520,21 @@ async fn handshake(
     }
 
     // 6. Connect, and only then answer, under the configuration in force
-    // now: the grant must still hold, and its policy is today's.
+    // now: the grant must still hold, and its policy is today's. A name is
+    // looked up in one of this user's lookup slots, so one user's hanging
+    // DNS cannot take them all.
     let cfg = current.get();
     if !cfg.users.grants(&user, &granted) {
         return Err(Failure::Revoked(true));
     }
-    let dest = dial(&req.addr, &cfg.acl, cfg.timeouts.connect.0)
-        .await
-        .map_err(Failure::Dial)?;
+    let dest = dial(
+        &req.addr,
+        &cfg.acl,
+        cfg.timeouts.connect.0,
+        Asker::User(&user),
+    )
+    .await
+    .map_err(Failure::Dial)?;
     let bound = match cfg.reply_address {
         ReplyAddress::Hidden => SocketAddr::new(socks5::UNSPECIFIED.ip(), req.addr.port()),
         ReplyAddress::Local => dest.local_addr().unwrap_or(socks5::UNSPECIFIED),

@@ -123,7 +123,7 @@ async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, R
         }
         Action::Direct => {
             *route = "direct".into();
-            let remote = dial::dial(dest, &Acl::any(), timeout)
+            let remote = dial::dial(dest, &Acl::any(), timeout, dial::Asker::Agent)
                 .await
                 .map_err(Refusal::Direct)?;
             let bound = Addr::Ip(remote.local_addr().unwrap_or(socks5::UNSPECIFIED));

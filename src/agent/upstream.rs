@@ -14,7 +14,7 @@ use smol::channel::{Receiver, Sender};
 
 use crate::acl::Acl;
 use crate::config::agent::{Agent, Server};
-use crate::dial::DialError;
+use crate::dial::{Asker, DialError};
 use crate::proto::socks5::{self, Addr, Reply};
 use crate::proto::{Parse, auth, http, ws};
 use crate::tls::{self, Stream};
@@ -113,10 +113,13 @@ pub async fn upgrade(server: &Server, timeout: Duration) -> Result<Upgraded, UpE
         // The same connect as everywhere: every resolved address in turn,
         // each with its share of the deadline, TCP_NODELAY set.
         let target = Addr::Domain(url.host.as_bytes().to_vec(), url.port);
-        let tcp = crate::dial::dial(&target, &Acl::any(), timeout)
+        let tcp = crate::dial::dial(&target, &Acl::any(), timeout, Asker::Agent)
             .await
             .map_err(|e| match e {
+                // The deadline passing during the lookup is still a timeout
+                // here (a server that cannot be reached in time).
                 DialError::Timeout => UpError::Timeout,
+                DialError::Resolve(e) if e.kind() == io::ErrorKind::TimedOut => UpError::Timeout,
                 DialError::Resolve(e) | DialError::Connect(e) => UpError::Connect(e),
                 DialError::Denied => UpError::Connect(io::Error::other("denied")),
             })?;
