@@ -228,7 +228,9 @@ fn one_users_hanging_lookups_do_not_delay_another_users() {
     };
     let yaml = server_yaml(&format!(
         "    - name: {MALLORY}\n      password: {MALLORY_PASS}\n\
-         {ALLOW_LOOPBACK}  timeouts:\n    connect: {}s\n",
+         {ALLOW_LOOPBACK}  timeouts:\n    connect: {}s\n\
+         # Mallory's hundreds of handshakes all come from 127.0.0.1.\n  \
+         max_handshakes_per_source: 2048\n",
         CONNECT.as_secs()
     ));
     let Some(d) = server_with_fake_dns(&yaml) else {
