@@ -52,6 +52,23 @@ impl End {
 pub struct Timeouts {
     pub idle: Duration,
     pub send: Duration,
+    /// Bytes a tunnel may hold per direction in kernel buffers (0: the
+    /// kernel's autotuning decides). Bounds the receive buffer of each leg
+    /// (SO_RCVBUF), unsent bytes in each send buffer (TCP_NOTSENT_LOWAT)
+    /// and what one splice moves into a pipe, so a side that stops reading
+    /// pins at most about this much per direction.
+    pub buffer: usize,
+}
+
+/// Applies [`Timeouts::buffer`] to one leg.
+fn bound(s: &async_net::TcpStream, bytes: usize) {
+    if bytes == 0 {
+        return;
+    }
+    let r = socket2::SockRef::from(s);
+    // The kernel doubles SO_RCVBUF for its bookkeeping: ask for half.
+    let _ = r.set_recv_buffer_size(bytes / 2);
+    let _ = r.set_tcp_notsent_lowat((bytes / 4) as u32);
 }
 
 /// Once one direction has finished, a blocked write in the other is all
@@ -209,7 +226,7 @@ mod splice {
     use super::{Side, Stall};
 
     /// Bytes moved per splice call, and the pipe size asked for.
-    const CHUNK: usize = 1024 * 1024;
+    pub(super) const CHUNK: usize = 1024 * 1024;
 
     pub(super) type Sock = Arc<Async<std::net::TcpStream>>;
 
@@ -224,13 +241,14 @@ mod splice {
         last: &AtomicU64,
         stall: &Stall,
         epoch: Instant,
+        chunk: usize,
     ) -> Result<(), (Side, io::Error)> {
         loop {
             // Held only while bytes move; an idle direction holds no pipe.
             let pipe = take_pipe().map_err(|e| (Side::Reader, e))?;
             // Move data until the socket has none, then wait for more.
             loop {
-                let n = match splice(from.get_ref(), None, &pipe.1, None, CHUNK, flags()) {
+                let n = match splice(from.get_ref(), None, &pipe.1, None, chunk, flags()) {
                     Ok(0) => {
                         // EOF: pass the FIN on; the other direction goes on.
                         let _ = to.get_ref().shutdown(std::net::Shutdown::Write);
@@ -261,7 +279,7 @@ mod splice {
                 }
                 count.fetch_add(n as u64, Ordering::Relaxed);
                 last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                if n < CHUNK {
+                if n < chunk {
                     // Less than asked for: the socket was drained. Wait
                     // for readiness rather than ask again for an EAGAIN
                     // (bytes that came meanwhile make it ready at once).
@@ -452,6 +470,12 @@ pub async fn relay_up_to(
     let (up_stall, down_stall) = (Stall::new(&watch), Stall::new(&watch));
     // Kept to reset both sides if the tunnel is cut short.
     let (client_tcp, dest_tcp) = (client.tcp().clone(), dest.tcp().clone());
+    bound(&client_tcp, t.buffer);
+    bound(&dest_tcp, t.buffer);
+    let chunk = match t.buffer {
+        0 => splice::CHUNK,
+        b => (b / 4).clamp(16 * 1024, splice::CHUNK),
+    };
     let finished = std::sync::atomic::AtomicBool::new(false);
     let (a, b): (Dir<'_>, Dir<'_>) = match (client, dest, up_limit) {
         (client, dest, Some(limit)) => {
@@ -473,8 +497,9 @@ pub async fn relay_up_to(
                     &last,
                     &up_stall,
                     epoch,
+                    chunk,
                 )),
-                Box::pin(splice::pump(d, c, &down, &last, &down_stall, epoch)),
+                Box::pin(splice::pump(d, c, &down, &last, &down_stall, epoch, chunk)),
             )
         }
         (client, dest, None) => {

@@ -547,6 +547,7 @@ async fn handshake(
     let t = relay::Timeouts {
         idle: cfg.timeouts.idle.0,
         send: cfg.timeouts.send.0,
+        buffer: cfg.tunnel_buffer,
     };
     Ok((dest, t))
 }

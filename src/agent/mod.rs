@@ -356,6 +356,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
             let timeouts = relay::Timeouts {
                 idle: st.cfg.timeouts.idle.0,
                 send: st.cfg.timeouts.send.0,
+                // The agent's legs are its own host's programs and its
+                // servers: kernel autotuning, for the WAN leg's sake.
+                buffer: 0,
             };
             let t = finish(&mut local, r, timeouts, to_remote, framing).await;
             truncated = t.end.truncated();

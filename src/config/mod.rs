@@ -258,6 +258,10 @@ pub struct ServerConfig {
     /// `max_connections`); more are closed at accept.
     #[serde(default)]
     pub max_handshakes: Option<usize>,
+    /// KiB of kernel buffers a tunnel may hold per direction (0: kernel
+    /// autotuning, unbounded).
+    #[serde(default = "default_tunnel_buffer_kib")]
+    pub tunnel_buffer_kib: usize,
     /// Connections not yet authenticated from one address (an IPv6 /64),
     /// at once (default: a quarter of `max_handshakes`, at most 64).
     #[serde(default)]
@@ -283,6 +287,10 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+}
+
+fn default_tunnel_buffer_kib() -> usize {
+    512
 }
 
 fn default_max_connections() -> usize {
@@ -489,6 +497,8 @@ pub struct Server {
     /// Budget of connections still authenticating, in total and per source.
     pub max_handshakes: usize,
     pub max_handshakes_per_source: usize,
+    /// Bytes of kernel buffers per tunnel direction (0: unbounded).
+    pub tunnel_buffer: usize,
     pub acl: Acl,
     pub reply_address: ReplyAddress,
     pub health_path: Option<String>,
@@ -757,6 +767,12 @@ fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> 
                     format!("must be from 1 to max_handshakes ({max_handshakes})"),
                 ));
             }
+            if s.tunnel_buffer_kib != 0 && !(64..=65536).contains(&s.tunnel_buffer_kib) {
+                return Err(err(
+                    "server.tunnel_buffer_kib",
+                    "must be 0 (kernel autotuning) or from 64 to 65536".into(),
+                ));
+            }
             for (k, d) in [
                 ("server.timeouts.handshake", s.timeouts.handshake),
                 ("server.timeouts.connect", s.timeouts.connect),
@@ -791,6 +807,7 @@ fn validate(path: &Path, text: &str, file: File) -> Result<Config, ConfigError> 
                 max_connections: s.max_connections,
                 max_handshakes,
                 max_handshakes_per_source: per_source,
+                tunnel_buffer: s.tunnel_buffer_kib.saturating_mul(1024),
                 acl: s.destinations.acl(),
                 reply_address: s.socks_reply_address,
                 health_path: s.health_path,

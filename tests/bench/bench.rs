@@ -441,12 +441,17 @@ impl Drop for Proc {
     }
 }
 
+/// The server's configuration; `WEBSOCKS_BENCH_SERVER` adds lines to its
+/// section (e.g. `  tunnel_buffer_kib: 0` to compare a setting side by
+/// side: run the bench once with each).
 fn server_yaml() -> String {
+    let extra = std::env::var("WEBSOCKS_BENCH_SERVER").unwrap_or_default();
     format!(
         "log_target: stderr\nlog_level: info\nserver:\n  listen: [\"127.0.0.1:0\"]\n  \
          users:\n    - {{name: {USER}, password: {PASS}}}\n  \
          destinations: {{allow: [\"127.0.0.0/8\"]}}\n  max_connections: 30000\n  \
-         timeouts: {{idle: 3600s}}\n"
+         max_handshakes_per_source: 15000\n  \
+         timeouts: {{idle: 3600s}}\n{extra}\n"
     )
 }
 
