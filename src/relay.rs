@@ -45,11 +45,12 @@ impl End {
     }
 }
 
-/// How long a tunnel may sit still: no byte either way (`idle`), or one
-/// direction's writes blocked without progress (`send`, like nginx's
-/// `proxy_send_timeout`).
+/// What a tunnel may hold: how long it may sit still, with no byte either
+/// way (`idle`) or one direction's writes blocked without progress (`send`,
+/// like nginx's `proxy_send_timeout`), and how much kernel buffer
+/// (`buffer`).
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub struct Limits {
     pub idle: Duration,
     pub send: Duration,
     /// Bytes a tunnel may hold per direction in kernel buffers (0: the
@@ -60,7 +61,7 @@ pub struct Timeouts {
     pub buffer: usize,
 }
 
-/// Applies [`Timeouts::buffer`] to one leg.
+/// Applies [`Limits::buffer`] to one leg.
 fn bound(s: &async_net::TcpStream, bytes: usize) {
     if bytes == 0 {
         return;
@@ -109,9 +110,9 @@ pub fn reset_on_close(s: &async_net::TcpStream) {
 
 /// One direction's write stall: when its current blocked write began (ms
 /// since the relay's epoch, plus one; 0 while not blocked).
-struct Stall {
+struct Stall<'a> {
     since: AtomicU64,
-    watch: std::sync::Arc<Watch>,
+    watch: &'a Watch,
 }
 
 /// The watchdog's schedule, shared by both directions: a stall that begins
@@ -126,11 +127,11 @@ struct Watch {
     event: event_listener::Event,
 }
 
-impl Stall {
-    fn new(watch: &std::sync::Arc<Watch>) -> Stall {
+impl Stall<'_> {
+    fn new(watch: &Watch) -> Stall<'_> {
         Stall {
             since: AtomicU64::new(0),
-            watch: watch.clone(),
+            watch,
         }
     }
 
@@ -239,7 +240,7 @@ mod splice {
         to: Sock,
         count: &AtomicU64,
         last: &AtomicU64,
-        stall: &Stall,
+        stall: &Stall<'_>,
         epoch: Instant,
         chunk: usize,
     ) -> Result<(), (Side, io::Error)> {
@@ -323,7 +324,7 @@ mod splice {
         to: Sock,
         count: &AtomicU64,
         last: &AtomicU64,
-        stall: &Stall,
+        stall: &Stall<'_>,
         epoch: Instant,
     ) -> Result<(), (Side, io::Error)> {
         loop {
@@ -369,7 +370,7 @@ async fn pump(
     mut to: Writer,
     count: &AtomicU64,
     last: &AtomicU64,
-    stall: &Stall,
+    stall: &Stall<'_>,
     epoch: Instant,
 ) -> Result<(), (Side, io::Error)> {
     let mut buf = vec![0u8; BUF];
@@ -405,7 +406,7 @@ async fn pump(
 /// fails (then both are dropped, closing the sockets), or nothing moves for
 /// `idle`. Plain TCP on both sides goes through the kernel with splice(2)
 /// on Linux: no user-space copy, and no buffer held while a tunnel is idle.
-pub async fn relay(client: Stream, dest: Stream, t: Timeouts) -> Totals {
+pub async fn relay(client: Stream, dest: Stream, t: Limits) -> Totals {
     relay_up_to(client, dest, t, None).await
 }
 
@@ -457,16 +458,16 @@ async fn limited(
 pub async fn relay_up_to(
     client: Stream,
     dest: Stream,
-    t: Timeouts,
+    t: Limits,
     up_limit: Option<Body>,
 ) -> Totals {
     let epoch = Instant::now();
     let (up, down, last) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
-    let watch = std::sync::Arc::new(Watch {
+    let watch = Watch {
         wake_at: AtomicU64::new(u64::MAX),
         send_ms: t.send.as_millis() as u64,
         event: event_listener::Event::new(),
-    });
+    };
     let (up_stall, down_stall) = (Stall::new(&watch), Stall::new(&watch));
     // Kept to reset both sides if the tunnel is cut short.
     let (client_tcp, dest_tcp) = (client.tcp().clone(), dest.tcp().clone());

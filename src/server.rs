@@ -346,7 +346,7 @@ pub async fn serve(
 }
 
 /// Relays, starting with whatever the client sent early.
-async fn relay_after(c: Conn, mut dest: TcpStream, t: relay::Timeouts) -> Totals {
+async fn relay_after(c: Conn, mut dest: TcpStream, t: relay::Limits) -> Totals {
     let early = c.buf;
     let sent = early.len() as u64;
     if !early.is_empty()
@@ -379,7 +379,7 @@ enum Woke {
 }
 
 /// The handshake, up to the success reply: returns the connected
-/// destination and the idle timeout in force for its relay. `cfg` is the
+/// destination and the relay limits in force at the CONNECT. `cfg` is the
 /// snapshot at accept, for the stages before the grant; every later
 /// decision reads `current` again (a reload may come while a pooled
 /// connection waits).
@@ -389,7 +389,7 @@ async fn handshake(
     current: &Current,
     admitted: &mut Handshaking,
     rec: &mut Record,
-) -> Result<(TcpStream, relay::Timeouts), Failure> {
+) -> Result<(TcpStream, relay::Limits), Failure> {
     // 1. HTTP head.
     let head = c.next(http::parse_request, Failure::Head).await?;
     if head.count("Upgrade") == 0
@@ -544,7 +544,7 @@ async fn handshake(
     c.deadline = Instant::now() + cfg.timeouts.handshake.0;
     c.send(&out).await?;
 
-    let t = relay::Timeouts {
+    let t = relay::Limits {
         idle: cfg.timeouts.idle.0,
         send: cfg.timeouts.send.0,
         buffer: cfg.tunnel_buffer,

@@ -353,14 +353,14 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
         .unwrap_or_else(|| "-".into());
     match opened {
         Ok((r, to_remote, framing)) => {
-            let timeouts = relay::Timeouts {
+            let limits = relay::Limits {
                 idle: st.cfg.timeouts.idle.0,
                 send: st.cfg.timeouts.send.0,
                 // The agent's legs are its own host's programs and its
                 // servers: kernel autotuning, for the WAN leg's sake.
                 buffer: 0,
             };
-            let t = finish(&mut local, r, timeouts, to_remote, framing).await;
+            let t = finish(&mut local, r, limits, to_remote, framing).await;
             truncated = t.end.truncated();
             let secs = start.elapsed().as_secs_f64();
             log::info!(
@@ -398,7 +398,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
 async fn finish(
     local: &mut Local,
     r: Reached,
-    timeouts: relay::Timeouts,
+    limits: relay::Limits,
     mut to_remote: Vec<u8>,
     framing: Option<Framing>,
 ) -> relay::Totals {
@@ -443,8 +443,7 @@ async fn finish(
         };
     }
     drop((early, to_remote));
-    let mut t =
-        relay::relay_up_to(Stream::Plain(local.stream.clone()), remote, timeouts, rest).await;
+    let mut t = relay::relay_up_to(Stream::Plain(local.stream.clone()), remote, limits, rest).await;
     t.up += early_up;
     t.down += early_down;
     t
