@@ -17,6 +17,7 @@ use smol::Executor;
 use crate::admission::{Handshakes, Handshaking, Slots};
 use crate::config::agent::Agent;
 use crate::config::{self, Config, Server};
+use crate::log::NOTICE;
 use crate::systemd::{self, Activated};
 use crate::{agent, server};
 
@@ -190,6 +191,10 @@ fn listeners(cfg: &Config, act: &mut Activated) -> Result<Vec<Listener>, StartEr
     for (role, addrs) in wanted {
         let passed = act.take(socket_name(role));
         if !passed.is_empty() {
+            let got: Vec<SocketAddr> = passed.iter().filter_map(|s| s.local_addr().ok()).collect();
+            if let Some(line) = listen_mismatch(role, &got, &addrs) {
+                log::info!(target: NOTICE, "{line}");
+            }
             out.extend(passed.into_iter().map(|socket| Listener {
                 role,
                 socket,
@@ -228,6 +233,42 @@ fn listeners(cfg: &Config, act: &mut Activated) -> Result<Vec<Listener>, StartEr
         )));
     }
     Ok(out)
+}
+
+/// When systemd's sockets for `role` are not the addresses its `listen`
+/// names, the line that says so (systemd's sockets are used; the
+/// configured addresses are not bound).
+fn listen_mismatch(role: Role, got: &[SocketAddr], configured: &[SocketAddr]) -> Option<String> {
+    let mut a = got.to_vec();
+    let mut b = configured.to_vec();
+    a.sort();
+    a.dedup();
+    b.sort();
+    b.dedup();
+    if a == b {
+        return None;
+    }
+    let key = match role {
+        Role::Server => "server.listen",
+        Role::Agent(agent::Kind::Socks5) => "agent.socks5.listen",
+        Role::Agent(agent::Kind::Http) => "agent.http.listen",
+        Role::Agent(agent::Kind::Mixed) => "agent.mixed.listen",
+    };
+    let list = |v: &[SocketAddr]| {
+        if v.is_empty() {
+            "nothing".to_string()
+        } else {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    Some(format!(
+        "systemd passed sockets on {} while {key} says {}: the sockets from systemd are used and {key} is not bound",
+        list(&a),
+        list(&b)
+    ))
 }
 
 /// An agent listener reachable beyond loopback while the agent has no

@@ -18,6 +18,10 @@ use crate::config::{LogLevel, LogTarget};
 
 type Syslog = syslog::Logger<LoggerBackend, Formatter3164>;
 
+/// The target of an info record that is a notice (syslog's level between
+/// info and warning, which `log` lacks): `log::info!(target: NOTICE, ..)`.
+pub const NOTICE: &str = "websocks::notice";
+
 enum Sink {
     Stderr,
     Syslog {
@@ -69,6 +73,7 @@ impl log::Log for Logger {
         }
         let msg = r.args().to_string();
         match &self.sink {
+            Sink::Stderr if r.target() == NOTICE => eprintln!("websocks notice: {msg}"),
             Sink::Stderr => stderr_line(r.level(), &msg),
             Sink::Syslog { path, conn } => {
                 let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
@@ -78,7 +83,12 @@ impl log::Log for Logger {
                         *conn = connect(path);
                     }
                     let Some(s) = conn.as_mut() else { break };
-                    if send(s, r.level(), &msg) {
+                    let sent = if r.target() == NOTICE && r.level() == Level::Info {
+                        s.notice(&msg).is_ok()
+                    } else {
+                        send(s, r.level(), &msg)
+                    };
+                    if sent {
                         return;
                     }
                     *conn = None;

@@ -591,3 +591,134 @@ fn contrib_examples_validate() {
         );
     }
 }
+
+// ------------------------------------------------ the packaged configuration
+
+/// The files the Debian package installs in /etc/websocks, as shipped.
+fn shipped(name: &str) -> String {
+    std::fs::read_to_string(Path::new(REPO).join("contrib/deb").join(name)).unwrap()
+}
+
+#[test]
+fn shipped_server_config_refuses_to_start_until_a_user_is_added() {
+    let dir = temp_dir();
+    std::fs::write(dir.join("server.yaml"), shipped("server.yaml")).unwrap();
+    std::fs::write(dir.join("users.yaml"), shipped("users.yaml")).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(dir.join("server.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("server.users: no users yet: add one to"),
+        "{err}"
+    );
+    assert!(err.contains("users.yaml"), "{err}");
+    assert!(err.contains("websocks hash-password"), "{err}");
+    // The README's step: append an entry with the digest to users.yaml.
+    let digest = auth::stored_digest(PASS.as_bytes());
+    let mut users = shipped("users.yaml");
+    users.push_str(&format!("- name: {USER}\n  password_hash: \"{digest}\"\n"));
+    std::fs::write(dir.join("users.yaml"), &users).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(dir.join("server.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 users)"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn shipped_server_config_keeps_the_default_deny_list() {
+    let dir = temp_dir();
+    let digest = auth::stored_digest(PASS.as_bytes());
+    let users = dir.join("users.yaml");
+    let text = format!(
+        "{}- name: {USER}\n  password_hash: \"{digest}\"\n",
+        shipped("users.yaml")
+    );
+    std::fs::write(&users, text).unwrap();
+    let cfg = shipped("server.yaml")
+        .replace("listen: [\"[::]:8080\"]", "listen: [\"127.0.0.1:0\"]")
+        .replace(
+            "users_file: users.yaml",
+            &format!("users_file: {}", users.display()),
+        );
+    assert!(cfg.contains("127.0.0.1:0") && cfg.contains(&*users.to_string_lossy()));
+    let d = Daemon::server(&cfg);
+    let echo = echo_server();
+    let (code, _, _) = tunnel_reply(d.addr(), &websocks::proto::socks5::Addr::Ip(echo));
+    assert_eq!(code, 2, "this host's loopback is refused as shipped");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn shipped_agent_config_refuses_to_start_until_a_server_is_added() {
+    let dir = temp_dir();
+    std::fs::write(dir.join("agent.yaml"), shipped("agent.yaml")).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(dir.join("agent.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("agent.servers: at least one server"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The socket units and the packaged configuration name the same addresses,
+/// so the daemon has no mismatch to report (see websocks(8)).
+#[test]
+fn shipped_sockets_match_the_shipped_listen_addresses() {
+    let unit =
+        |n: &str| std::fs::read_to_string(Path::new(REPO).join("contrib/systemd").join(n)).unwrap();
+    let streams = |text: String| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("ListenStream="))
+            .map(|v| format!("\"{v}\""))
+            .collect()
+    };
+    let server = shipped("server.yaml");
+    assert_eq!(streams(unit("websocks-server.socket")), ["\"[::]:8080\""]);
+    assert!(server.contains("listen: [\"[::]:8080\"]"), "{server}");
+    let agent = shipped("agent.yaml");
+    let socks = streams(unit("websocks-agent.socket")).join(", ");
+    assert!(
+        agent.contains(&format!("listen: [{socks}]")),
+        "{socks} / {agent}"
+    );
+    let http = streams(unit("websocks-agent-http.socket")).join(", ");
+    assert!(
+        agent.contains(&format!("listen: [{http}]")),
+        "{http} / {agent}"
+    );
+    for f in [
+        "websocks-server.socket",
+        "websocks-agent.socket",
+        "websocks-agent-http.socket",
+    ] {
+        assert!(unit(f).contains("\nFlushPending=yes\n"), "{f}");
+    }
+    for (f, side) in [
+        ("websocks-server.service", "server"),
+        ("websocks-agent.service", "agent"),
+    ] {
+        let u = unit(f);
+        let check = format!("/usr/bin/websocks check -c /etc/websocks/{side}.yaml");
+        assert!(u.contains(&format!("\nExecStartPre={check}\n")), "{f}");
+        // The check runs before the signal, so a bad file fails the reload.
+        let reload: Vec<&str> = u.lines().filter(|l| l.starts_with("ExecReload=")).collect();
+        assert_eq!(
+            reload,
+            [
+                format!("ExecReload={check}").as_str(),
+                "ExecReload=/bin/kill -HUP $MAINPID"
+            ]
+        );
+    }
+}

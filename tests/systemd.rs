@@ -328,6 +328,30 @@ fn socket_activation_by_name_server_and_agent() {
     )]);
     let mixed = p.wait_log(&["agent mixed listening on "]);
     assert!(!mixed.contains("systemd"), "{mixed}");
+    // Each role whose sockets differ from its `listen` says so, once.
+    p.wait_log(&[&format!(
+        "systemd passed sockets on {server} while server.listen says 127.0.0.1:11: \
+         the sockets from systemd are used and server.listen is not bound"
+    )]);
+    let mut socks = [a[1], a[2]];
+    socks.sort();
+    p.wait_log(&[&format!(
+        "systemd passed sockets on {}, {} while agent.socks5.listen says 127.0.0.1:9",
+        socks[0], socks[1]
+    )]);
+    p.wait_log(&[&format!(
+        "systemd passed sockets on {} while agent.http.listen says 127.0.0.1:10",
+        a[3]
+    )]);
+    assert_eq!(
+        p.lines()
+            .iter()
+            .filter(|l| l.contains("systemd passed sockets"))
+            .count(),
+        3,
+        "{:#?}",
+        p.lines()
+    );
     let mixed: SocketAddr = mixed
         .split("listening on ")
         .nth(1)
@@ -349,6 +373,31 @@ fn socket_activation_by_name_server_and_agent() {
     let (code, log) = p.exit_code(Duration::from_secs(10));
     assert_eq!(code, 0, "{log}");
     assert_no_secrets(&log, &[(USER, PASS)]);
+}
+
+/// Sockets on the addresses the configuration names are used without a
+/// word about it.
+#[test]
+fn socket_activation_matching_listen_logs_no_notice() {
+    if !have_socket_activate() {
+        return;
+    }
+    let echo = echo_server();
+    let yaml = format!(
+        "server:\n  listen: [\"{{0}}\"]\n  users:\n    - {{name: {USER}, password: {PASS}}}\n{ALLOW_LOOPBACK}"
+    );
+    let (mut p, a) = activate(&["websocks"], false, &[], &["server"], &yaml);
+    let mut s = tunnel(a[0], echo);
+    echo_roundtrip(&mut s, b"activating");
+    p.wait_log(&[&format!(
+        "server listening on {} (socket from systemd)",
+        a[0]
+    )]);
+    drop(s);
+    signal(p.child.id(), "TERM");
+    let (code, log) = p.exit_code(Duration::from_secs(10));
+    assert_eq!(code, 0, "{log}");
+    assert!(!log.contains("systemd passed sockets"), "{log}");
 }
 
 /// A passed socket whose name no section uses is a configuration error

@@ -622,6 +622,13 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 /// Reads a users file: a YAML list of `{name, password | password_hash}`.
 pub fn load_users_file(path: &Path) -> Result<(Vec<User>, String), ConfigError> {
     let text = read(path)?;
+    // A file of comments only (as the package ships it) lists no one yet.
+    let blank = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---");
+    if blank {
+        return Ok((Vec::new(), text));
+    }
     let users = serde_yaml::from_str::<Vec<User>>(&text).map_err(|e| yaml_error(path, e))?;
     Ok((users, text))
 }
@@ -704,12 +711,20 @@ pub fn build_users(
         }
     }
     if map.is_empty() {
+        let msg = match file {
+            Some(f) => format!(
+                "no users yet: add one to {} (`websocks hash-password` prints its password_hash); websocks never runs an open proxy",
+                f.display()
+            ),
+            None => {
+                "no users: add `users:` or `users_file:` (websocks never runs an open proxy)".into()
+            }
+        };
         return Err(ConfigError {
             file: cfg_path.to_path_buf(),
             line: locate(cfg_text, "server"),
             key: "server.users".into(),
-            msg: "no users: add `users:` or `users_file:` (websocks never runs an open proxy)"
-                .into(),
+            msg,
         });
     }
     Ok(Users(map))
