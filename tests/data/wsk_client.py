@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """A minimal WebSocks client for tests/real-systemd.sh (stdlib only).
 
-Usage: wsk_client.py HOST PORT USER PASSWORD EXPECT
+Usage: wsk_client.py HOST PORT USER PASSWORD EXPECT [REPLY]
 Upgrades with the minute-salted Basic credential and checks the status code
 is EXPECT. With EXPECT=101 it also opens a tunnel to an echo server it runs
-on 127.0.0.1 (in the same network namespace) and checks the bytes come back.
+on 127.0.0.1 (in the same network namespace) and checks the bytes come back;
+with REPLY (a SOCKS5 reply code in hex, e.g. 02) it checks the CONNECT is
+answered with that code instead.
 Exit 0 on success; prints one line either way.
 """
 import base64, hashlib, socket, sys, threading, time
 
 host, port, user, password, expect = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+want_reply = int(sys.argv[6], 16) if len(sys.argv) > 6 else 0
 
 def b64(b):
     return base64.b64encode(b).decode()
@@ -64,8 +67,11 @@ eport = echo.getsockname()[1]
 s.sendall(b"\x82\x7f\x7f\xff\xff\xff\xff\xff\xff\xff" + b"\x05\x01\x00"
           + b"\x05\x01\x00\x01\x7f\x00\x00\x01" + eport.to_bytes(2, "big"))
 got = read_exact(s, 12 + 10, rest)
-if got[10:12] != b"\x05\x00" or got[12:14] != b"\x05\x00":
-    raise SystemExit("FAIL: SOCKS5 reply %r" % got)
+if got[10:12] != b"\x05\x00" or got[12:14] != bytes([5, want_reply]):
+    raise SystemExit("FAIL: SOCKS5 reply %r, expected code %02x" % (got, want_reply))
+if want_reply != 0:
+    print("OK: 101 and SOCKS5 reply %02x for %s" % (want_reply, user))
+    sys.exit(0)
 msg = b"hello through websocks " + str(time.time()).encode()
 s.sendall(msg)
 back = read_exact(s, len(msg))
