@@ -3,7 +3,8 @@
 //! manual pages (`mandoc -Tlint`, `man -l`) and the systemd units
 //! (`systemd-analyze verify` and `security`).
 //!
-//! Checks whose tool is missing print "SKIPPED: ..." and pass.
+//! A check whose tool is missing is skipped through `common::skip`: a
+//! failure under `CI=true`, a visible SKIPPED line elsewhere.
 
 mod common;
 
@@ -21,26 +22,6 @@ use websocks::proto::auth;
 
 const BIN: &str = env!("CARGO_BIN_EXE_websocks");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-
-fn is_root() -> bool {
-    // No libc here: /proc tells the effective uid.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// The path of `tool` in the usual places, if installed.
-fn which(tool: &str) -> Option<PathBuf> {
-    ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.exists())
-}
 
 /// Runs the binary with `args` and a config holding `yaml` (when given);
 /// returns (exit code, stderr).
@@ -332,7 +313,7 @@ fn man_tree() -> PathBuf {
         )
         .unwrap();
     }
-    if let Some(mw) = which("makewhatis") {
+    if let Some(mw) = find_tool("makewhatis") {
         let _ = Command::new(mw).arg(&d).status();
     }
     d
@@ -351,8 +332,7 @@ fn text(o: &Output) -> String {
 /// accepted and reported.
 #[test]
 fn man_pages_lint_clean_and_render() {
-    let Some(mandoc) = which("mandoc") else {
-        println!("SKIPPED: mandoc is missing (apt-get install mandoc)");
+    let Some(mandoc) = need_tool("mandoc", "mandoc") else {
         return;
     };
     let tree = man_tree();
@@ -368,7 +348,7 @@ fn man_pages_lint_clean_and_render() {
         files.join(" ")
     );
     let userns = if is_root() { "-m" } else { "-rm" };
-    let overlaid = which("unshare").and_then(|u| {
+    let overlaid = find_tool("unshare").and_then(|u| {
         let o = Command::new(u)
             .args([userns, "sh", "-c", &script])
             .output()
@@ -379,9 +359,9 @@ fn man_pages_lint_clean_and_render() {
     let (lint, resolved) = match overlaid {
         Some(t) => (t, true),
         None => {
-            println!(
-                "NOTE: cannot lay the pages over /usr/share/man here: \
-                 their references to each other stay unresolved"
+            skip(
+                "part: the pages' references to each other: cannot lay them over \
+                 /usr/share/man (needs unshare from util-linux, and root or user namespaces)",
             );
             let o = Command::new(&mandoc)
                 .args(["-Tlint", "-W", "all"])
@@ -413,8 +393,8 @@ fn man_pages_lint_clean_and_render() {
     assert!(bad.is_empty(), "mandoc -Tlint:\n{}", bad.join("\n"));
 
     // Rendering with man(1).
-    match which("man") {
-        None => println!("SKIPPED: man is missing (apt-get install man-db)"),
+    match need_tool("man", "man-db") {
+        None => {}
         Some(man) => {
             for (page, title, sections) in [
                 (
@@ -499,16 +479,14 @@ fn socket_units_use_the_names_the_daemon_takes() {
 /// changes).
 #[test]
 fn systemd_analyze_verify_units() {
-    let Some(sa) = which("systemd-analyze") else {
-        println!("SKIPPED: systemd-analyze is missing (apt-get install systemd)");
+    let Some(sa) = need_tool("systemd-analyze", "systemd") else {
         return;
     };
     if !is_root() {
-        println!("SKIPPED: systemd-analyze verify needs /usr/bin/websocks: run as root");
+        skip("needs root: systemd-analyze verify needs /usr/bin/websocks");
         return;
     }
-    let Some(unshare) = which("unshare") else {
-        println!("SKIPPED: unshare is missing (util-linux)");
+    let Some(unshare) = need_tool("unshare", "util-linux") else {
         return;
     };
     let tree = man_tree();
@@ -543,8 +521,7 @@ fn systemd_analyze_verify_units() {
 /// both services.
 #[test]
 fn systemd_analyze_security_exposure() {
-    let Some(sa) = which("systemd-analyze") else {
-        println!("SKIPPED: systemd-analyze is missing (apt-get install systemd)");
+    let Some(sa) = need_tool("systemd-analyze", "systemd") else {
         return;
     };
     for svc in ["websocks-server.service", "websocks-agent.service"] {
@@ -556,7 +533,9 @@ fn systemd_analyze_security_exposure() {
             .unwrap();
         let out = text(&o);
         if out.contains("unrecognized option") {
-            println!("SKIPPED: this systemd-analyze has no --offline: {out}");
+            skip(&format!(
+                "needs systemd-analyze --offline (systemd 250 or later): {out}"
+            ));
             return;
         }
         let key = format!("Overall exposure level for {svc}: ");
