@@ -46,6 +46,19 @@ fn nginx_missing() -> bool {
     need_tool("nginx", "nginx-light").is_none()
 }
 
+/// The recipe the README and websocks(8) give is the one tested here.
+#[test]
+fn the_documented_location_is_the_tested_one() {
+    for doc in ["README.md", "man/websocks.8"] {
+        let text =
+            std::fs::read_to_string(format!("{}/{doc}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        assert!(
+            text.contains(NGINX_LOCATION),
+            "{doc} lacks the tested location block:\n{NGINX_LOCATION}"
+        );
+    }
+}
+
 // ------------------------------------------------------------- test PKI
 
 /// A CA (PEM) and a certificate + key (PEM) it signed for `localhost`.

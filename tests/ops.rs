@@ -417,7 +417,15 @@ fn man_pages_lint_clean_and_render() {
                 (
                     "websocks.8",
                     "WEBSOCKS(8)",
-                    &["NAME", "SYNOPSIS", "EXIT STATUS", "SEE ALSO"][..],
+                    &[
+                        "NAME",
+                        "SYNOPSIS",
+                        "SYSTEMD",
+                        "BEHIND NGINX OR A PAAS ROUTER",
+                        "FILES",
+                        "EXIT STATUS",
+                        "SEE ALSO",
+                    ][..],
                 ),
                 (
                     "websocks.yaml.5",
@@ -571,6 +579,22 @@ fn socket_units_use_the_names_the_daemon_takes() {
         has(s, "ExecReload=/bin/kill -HUP $MAINPID");
     }
     assert_eq!(units().len(), 5, "{:?}", units());
+}
+
+/// websocks(8) lists every unit under FILES where the package installs it.
+#[test]
+fn man_page_lists_the_units() {
+    let page = std::fs::read_to_string(format!("{REPO}/man/websocks.8")).unwrap();
+    let files = page
+        .split(".Sh FILES\n")
+        .nth(1)
+        .and_then(|s| s.split("\n.Sh ").next())
+        .expect("websocks.8 has FILES");
+    for u in units() {
+        let name = Path::new(&u).file_name().unwrap().to_str().unwrap();
+        let want = format!(".It Pa /lib/systemd/system/{name}\n");
+        assert!(files.contains(&want), "FILES lacks `{}`", want.trim());
+    }
 }
 
 /// `systemd-analyze verify` on every unit, with the man pages on MANPATH
