@@ -467,5 +467,6 @@ extern "C" fn report_skipped() {
     for s in skipped.iter() {
         text.push_str(&format!("    {s}\n"));
     }
+    text.push('\n');
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
