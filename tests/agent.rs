@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -445,7 +446,7 @@ fn run_case(
 fn matrix(pool: usize) {
     let v6 = v6_available();
     if !v6 {
-        eprintln!("NOTE: ::1 cannot be bound here; IPv6 cases skipped");
+        skip("part: the IPv6 cases: ::1 cannot be bound here");
     }
     let server = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
     let socks_listen = if v6 {
@@ -568,7 +569,7 @@ fn refusals_carry_the_servers_real_code() {
 
     // Destination timeout: the server gives up after 1 s → 06 / 504.
     let Some((_l, _held, hole)) = blackhole() else {
-        eprintln!("SKIPPED timeout part: the accept queue never filled here");
+        skip("part: the destination timeout: the accept queue never filled here");
         return;
     };
     let t = Instant::now();
@@ -1324,10 +1325,9 @@ fn proxy_pac_is_served_on_http_listeners() {
 
 #[test]
 fn curl_through_agent_and_server() {
-    if Command::new("curl").arg("--version").output().is_err() {
-        eprintln!("SKIPPED curl_through_agent_and_server: curl is not installed");
+    let Some(curl_bin) = need_tool("curl", "curl") else {
         return;
-    }
+    };
     let server = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
     let hits = Arc::new(AtomicUsize::new(0));
     let hits2 = hits.clone();
@@ -1356,7 +1356,7 @@ fn curl_through_agent_and_server() {
     let open = simple_agent(server.addr(), "");
     let authed = simple_agent(server.addr(), "  users: [{name: me, password: pw}]\n");
     let curl = |args: &[String], url: String| {
-        let mut c = Command::new("curl");
+        let mut c = Command::new(&curl_bin);
         for v in [
             "http_proxy",
             "https_proxy",
@@ -1641,7 +1641,7 @@ fn destination_timeout_is_not_a_server_failure() {
         3,
     );
     let Some((_l, _held, hole)) = blackhole() else {
-        eprintln!("SKIPPED: the accept queue never filled here");
+        skip("the accept queue never filled here");
         return;
     };
     let t = Instant::now();
@@ -1716,22 +1716,19 @@ fn max_connections_is_enforced() {
 }
 
 /// The congestion control of established TCP sockets matching the `ss`
-/// filter `filter` (the first word of each socket's `-i` line), or `None`
-/// when `ss` (iproute2) is missing.
-fn congestion_of(filter: &str) -> Option<Vec<String>> {
-    let out = Command::new("ss")
+/// filter `filter` (the first word of each socket's `-i` line).
+fn congestion_of(ss: &Path, filter: &str) -> Vec<String> {
+    let out = Command::new(ss)
         .args(["-tinH", "state", "established"])
         .args(filter.split_whitespace())
         .output()
-        .ok()?;
+        .unwrap();
     assert!(out.status.success(), "ss {filter}: {out:?}");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    Some(
-        text.lines()
-            .filter(|l| l.starts_with(char::is_whitespace))
-            .filter_map(|l| l.split_whitespace().next().map(String::from))
-            .collect(),
-    )
+    text.lines()
+        .filter(|l| l.starts_with(char::is_whitespace))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect()
 }
 
 /// Every leg of a loopback tunnel (client → agent, agent → server, server
@@ -1740,6 +1737,9 @@ fn congestion_of(filter: &str) -> Option<Vec<String>> {
 /// host the default is left alone.
 #[test]
 fn loopback_legs_use_reno_when_the_default_is_bbr() {
+    let Some(ss) = need_tool("ss", "iproute2") else {
+        return;
+    };
     let default = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
         .unwrap_or_default()
         .trim()
@@ -1773,10 +1773,7 @@ fn loopback_legs_use_reno_when_the_default_is_bbr() {
         ("server to destination", format!("dport = :{}", echo.port())),
     ];
     for (leg, filter) in legs {
-        let Some(ccs) = congestion_of(&filter) else {
-            println!("SKIPPED: ss (iproute2) is not installed");
-            return;
-        };
+        let ccs = congestion_of(&ss, &filter);
         assert!(!ccs.is_empty(), "{leg}: no socket matches {filter}");
         assert!(
             ccs.iter().all(|c| c == want),

@@ -62,10 +62,9 @@ fn bridge_one(mut local: TcpStream, server: SocketAddr) {
 
 #[test]
 fn curl_through_socks5_bridge_and_server() {
-    if Command::new("curl").arg("--version").output().is_err() {
-        eprintln!("SKIPPED curl_through_socks5_bridge_and_server: curl is not installed");
+    let Some(curl) = need_tool("curl", "curl") else {
         return;
-    }
+    };
     let d = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
     let page = serve_each(|mut s| {
         let mut req = Vec::new();
@@ -96,7 +95,7 @@ fn curl_through_socks5_bridge_and_server() {
         ("--socks5-hostname", "localhost"),
         ("--socks5", "127.0.0.1"),
     ] {
-        let out = Command::new("curl")
+        let out = Command::new(&curl)
             .args(["-sS", "--max-time", "10", flag, &socks_addr.to_string()])
             .arg(format!("http://{host}:{}/", page.port()))
             .output()

@@ -1,7 +1,8 @@
 //! A real nginx in front of the server, as in a typical deployment:
 //! client → `websocks agent` → wss:// → nginx (TLS, WebSocket proxy) →
-//! ws:// → `websocks server` → destination. Skipped (with a message) when
-//! nginx is not installed. All on loopback; everything is bounded.
+//! ws:// → `websocks server` → destination. Skipped through `common::skip`
+//! when nginx is not installed (a failure under `CI=true`). All on
+//! loopback; everything is bounded.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, mpsc};
 use std::thread;
@@ -23,8 +24,6 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 use websocks::proto::Parse;
 use websocks::proto::socks5::{self, Addr};
-
-const NGINX: &str = "/usr/sbin/nginx";
 
 /// The `location` block for a websocks server behind nginx, as in the
 /// README: the upgrade headers passed on, long timeouts (an active tunnel
@@ -44,11 +43,20 @@ location / {
 ";
 
 fn nginx_missing() -> bool {
-    if Path::new(NGINX).exists() {
-        return false;
+    need_tool("nginx", "nginx-light").is_none()
+}
+
+/// The recipe the README and websocks(8) give is the one tested here.
+#[test]
+fn the_documented_location_is_the_tested_one() {
+    for doc in ["README.md", "man/websocks.8"] {
+        let text =
+            std::fs::read_to_string(format!("{}/{doc}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        assert!(
+            text.contains(NGINX_LOCATION),
+            "{doc} lacks the tested location block:\n{NGINX_LOCATION}"
+        );
     }
-    println!("SKIPPED: nginx not installed (apt-get install nginx-light or nginx)");
-    true
 }
 
 // ------------------------------------------------------------- test PKI
@@ -125,7 +133,7 @@ impl Nginx {
                 loc = location.replace("127.0.0.1:8080", &upstream.to_string()),
             );
             std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-            let child = Command::new(NGINX)
+            let child = Command::new(find_tool("nginx").expect("nginx_missing"))
                 .arg("-p")
                 .arg(&dir)
                 .arg("-e")

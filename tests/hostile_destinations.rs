@@ -46,7 +46,7 @@ fn ipv6_forms_of_denied_ipv4_are_refused_02() {
 /// Runs the server in a mount namespace whose /etc/hosts maps names to the
 /// embedded forms; `None` when namespaces are not available here.
 fn server_with_hosts(hosts: &str) -> Option<Daemon> {
-    let ok = Command::new("unshare")
+    let ok = Command::new(find_tool("unshare")?)
         .args(["-m", "true"])
         .status()
         .is_ok_and(|s| s.success());
@@ -78,7 +78,7 @@ fn names_resolving_to_ipv6_forms_of_denied_ipv4_are_refused_02() {
         hosts.push_str(&format!("{a} embedded{i}.test\n"));
     }
     let Some(d) = server_with_hosts(&hosts) else {
-        skip("mount namespaces (unshare -m) are not available");
+        skip("needs mount namespaces: unshare -m (util-linux), as root");
         return;
     };
     for (i, a) in EMBEDDED.iter().enumerate() {

@@ -146,7 +146,7 @@ fn server_with_fake_dns(yaml: &str) -> Option<Daemon> {
         std::fs::write(&file, text).unwrap();
         script.push_str(&format!("mount --bind {} {target} && ", file.display()));
     }
-    let ok = Command::new("unshare")
+    let ok = Command::new(find_tool("unshare")?)
         .args(["-m", "sh", "-c", &format!("{script}true")])
         .status()
         .is_ok_and(|s| s.success());
@@ -223,7 +223,7 @@ fn threads(pid: u32) -> usize {
 #[test]
 fn one_users_hanging_lookups_do_not_delay_another_users() {
     let Some(dns) = FakeDns::start() else {
-        skip("cannot bind UDP 127.0.53.1:53 (needs root)");
+        skip("needs root: cannot bind UDP 127.0.53.1:53");
         return;
     };
     let yaml = server_yaml(&format!(
@@ -234,7 +234,7 @@ fn one_users_hanging_lookups_do_not_delay_another_users() {
         CONNECT.as_secs()
     ));
     let Some(d) = server_with_fake_dns(&yaml) else {
-        skip("mount namespaces (unshare -m) are not available");
+        skip("needs mount namespaces: unshare -m (util-linux), as root");
         return;
     };
     let pid = d.child.id();

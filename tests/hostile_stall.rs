@@ -173,7 +173,7 @@ fn a_destination_that_never_reads_is_cut_after_the_send_timeout() {
 /// queue, write queue, forward allocation, options) of its TCP sockets, and
 /// the bytes in its pipes. `None` without `ss`.
 fn kernel_memory(pid: u32) -> Option<(u64, u64)> {
-    let out = std::process::Command::new("ss")
+    let out = std::process::Command::new(find_tool("ss")?)
         .args(["-tmpnH"])
         .output()
         .ok()?;
@@ -222,8 +222,7 @@ fn kernel_memory(pid: u32) -> Option<(u64, u64)> {
 
 #[test]
 fn tunnels_into_a_never_reading_destination_hold_little_kernel_memory() {
-    if std::process::Command::new("ss").arg("-V").output().is_err() {
-        skip("ss (iproute2) is not installed");
+    if need_tool("ss", "iproute2").is_none() {
         return;
     }
     let d = Daemon::server(&server_yaml(&format!(

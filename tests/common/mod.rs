@@ -382,11 +382,91 @@ pub fn executor_threads(pid: u32) -> usize {
         .count()
 }
 
-/// A test that cannot run here says so; under CI (`CI=true`) a missing
-/// tool or facility fails instead, so CI never passes by skipping.
+// ------------------------------------------------------------ skipped tests
+//
+// A test that needs something this machine lacks (a tool, root, ::1) goes
+// through `skip`: under `CI=true` that is a failure, so CI never passes by
+// skipping; elsewhere the skip is printed where `cargo test` shows it, and
+// counted after the binary's `test result:` line.
+
+/// Where `tool` is installed: the first executable `tool` in a directory of
+/// `PATH`, else in the sbin directories (Debian puts daemons such as nginx
+/// there, and a user's `PATH` lacks them).
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(tool))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The path of `tool`, or `None` after reporting the skip (see `skip`);
+/// `package` is the Debian package that installs it.
+pub fn need_tool(tool: &str, package: &str) -> Option<PathBuf> {
+    let found = find_tool(tool);
+    if found.is_none() {
+        skip(&format!("needs {tool} (apt-get install {package})"));
+    }
+    found
+}
+
+/// Is this process root (the effective uid, from /proc: no libc here)?
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The skips of this test binary, `test: why`.
+static SKIPPED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// The calling test, or the part of it that follows, cannot run here.
+/// Under `CI=true` this panics: the test fails. Elsewhere it writes
+/// `SKIPPED <test>: <why>` to standard error at once, and, after the
+/// binary's `test result:` line, how many of its tests skipped what.
+/// Both bypass libtest's output capture (which takes `print!` and
+/// `eprint!`, not writes to `io::stderr()`), so they show in a plain
+/// `cargo test`.
 pub fn skip(why: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("CI=true, and this test cannot run: {why}");
     }
-    eprintln!("SKIPPED: {why}");
+    // libtest runs each test in a thread named after it.
+    let test = thread::current().name().unwrap_or("?").to_string();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+    let mut skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+    if skipped.is_empty() {
+        atexit(report_skipped);
+    }
+    skipped.push(format!("{test}: {why}"));
+}
+
+// SAFETY: atexit(3), from the C library std links against, only stores
+// the function pointer; the function it is given takes nothing, returns
+// nothing and cannot unwind (a panic in an `extern "C"` fn aborts).
+unsafe extern "C" {
+    safe fn atexit(f: extern "C" fn()) -> std::ffi::c_int;
+}
+
+/// Run by `exit(3)`, after libtest has printed its summary.
+extern "C" fn report_skipped() {
+    let skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut text = format!(
+        "SKIPPED {} in {}, counted as passed above (under CI=true, each fails):\n",
+        skipped.len(),
+        env!("CARGO_CRATE_NAME"),
+    );
+    for s in skipped.iter() {
+        text.push_str(&format!("    {s}\n"));
+    }
+    text.push('\n');
+    let _ = std::io::stderr().write_all(text.as_bytes());
 }
