@@ -79,7 +79,21 @@ fn is_resource_error(e: &io::Error) -> bool {
     )
 }
 
-/// Accepts on `listener` until cancelled, one task per connection.
+/// A peer as the logs show it: an IPv4 client of a dual-stack `[::]`
+/// listener arrives as `::ffff:a.b.c.d` (RFC 4291 section 2.5.5.2) and is
+/// written `a.b.c.d`, as it would be through an IPv4 listener.
+fn unmapped(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => peer,
+        },
+        v4 => v4,
+    }
+}
+
+/// Accepts on `listener` until cancelled, one task per connection. The
+/// peer is handed on unmapped (see [`unmapped`]) to every log line.
 async fn accept_loop(
     ex: Arc<Executor<'static>>,
     listener: TcpListener,
@@ -103,7 +117,7 @@ async fn accept_loop(
     };
     loop {
         let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
+            Ok((s, peer)) => (s, unmapped(peer)),
             Err(e) => {
                 if is_resource_error(&e) {
                     log::warn!("accept: {e}; pausing 100 ms");

@@ -1,11 +1,14 @@
 //! Logging behind the `log` facade: one line per record, to syslog
 //! (facility daemon, ident `websocks`) or to stderr.
 //!
-//! `auto` picks stderr on a terminal, syslog otherwise when its socket
-//! exists (a daemon under systemd logs to the journal through it), and
-//! stderr as the last resort. A syslog socket that goes away (journald
-//! restarted) is reconnected on the next record; one that is full gets the
-//! record on stderr instead (never a blocked thread).
+//! `auto` picks syslog when systemd runs us (stderr is the journal, or a
+//! unit sent stderr elsewhere) and its socket exists: the journal then
+//! keeps each record's priority. Everywhere else (a terminal, a pipe, a
+//! file) it picks stderr. Lines on stderr start with an RFC 3339 UTC time,
+//! except when stderr is the journal, which stamps lines itself. A syslog
+//! socket that goes away (journald restarted) is reconnected on the next
+//! record; one that is full gets the record on stderr instead (never a
+//! blocked thread).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,11 @@ enum Sink {
 
 struct Logger {
     sink: Sink,
+    /// Whether stderr lines carry a timestamp (not when stderr is the
+    /// journal).
+    stamp: bool,
+    /// Whether stderr is the journal.
+    journal: bool,
 }
 
 fn connect(path: &Path) -> Option<Syslog> {
@@ -73,8 +81,7 @@ impl log::Log for Logger {
         }
         let msg = r.args().to_string();
         match &self.sink {
-            Sink::Stderr if r.target() == NOTICE => eprintln!("websocks notice: {msg}"),
-            Sink::Stderr => stderr_line(r.level(), &msg),
+            Sink::Stderr => stderr_line(self.stamp, r, &msg),
             Sink::Syslog { path, conn } => {
                 let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
                 // Try the open connection, then one fresh one.
@@ -93,7 +100,7 @@ impl log::Log for Logger {
                     }
                     *conn = None;
                 }
-                stderr_line(r.level(), &msg);
+                stderr_line(self.stamp, r, &msg);
             }
         }
     }
@@ -101,14 +108,67 @@ impl log::Log for Logger {
     fn flush(&self) {}
 }
 
-fn stderr_line(level: Level, msg: &str) {
-    let tag = match level {
+fn stderr_line(stamp: bool, r: &Record<'_>, msg: &str) {
+    let tag = match r.level() {
         Level::Error => "error",
         Level::Warn => "warn",
+        Level::Info if r.target() == NOTICE => "notice",
         Level::Info => "info",
         Level::Debug | Level::Trace => "debug",
     };
-    eprintln!("websocks {tag}: {msg}");
+    if stamp {
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        eprintln!("{now} websocks {tag}: {msg}");
+    } else {
+        eprintln!("websocks {tag}: {msg}");
+    }
+}
+
+/// Device and inode of whatever fd 2 is.
+fn stderr_id() -> Option<(u64, u64)> {
+    let st = rustix::fs::fstat(std::io::stderr()).ok()?;
+    Some((st.st_dev as u64, st.st_ino as u64))
+}
+
+/// `JOURNAL_STREAM=DEV:INO`, set by systemd when it connects stdout or
+/// stderr to the journal (systemd.exec(5), "Environment variables in
+/// spawned processes").
+fn journal_stream() -> Option<(u64, u64)> {
+    let v = std::env::var("JOURNAL_STREAM").ok()?;
+    let (dev, ino) = v.split_once(':')?;
+    Some((dev.parse().ok()?, ino.parse().ok()?))
+}
+
+/// Where `auto` sends records, from what the environment shows: syslog
+/// when stderr is the journal, or when systemd started us
+/// (`INVOCATION_ID`) with stderr neither the journal nor a terminal (a unit
+/// with `StandardError=null`, say). A shell inherits both variables from
+/// a terminal emulator that runs as a systemd user service, so their mere
+/// presence is not enough: stderr must be the journal, or no journal
+/// stream may be named at all.
+fn auto_is_syslog(invocation: bool, journal: Option<(u64, u64)>, stderr: StderrIs) -> bool {
+    match stderr {
+        StderrIs::Journal => true,
+        StderrIs::Terminal => false,
+        StderrIs::Other => invocation && journal.is_none(),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum StderrIs {
+    Journal,
+    Terminal,
+    Other,
+}
+
+fn stderr_is() -> StderrIs {
+    if std::io::stderr().is_terminal() {
+        StderrIs::Terminal
+    } else if journal_stream().is_some_and(|j| stderr_id() == Some(j)) {
+        StderrIs::Journal
+    } else {
+        StderrIs::Other
+    }
 }
 
 static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
@@ -117,12 +177,18 @@ static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
 /// the level.
 pub fn init(level: LogLevel, target: LogTarget, syslog_socket: &Path) {
     let logger = LOGGER.get_or_init(|| {
+        let stderr = stderr_is();
         let syslog = match target {
             LogTarget::Stderr => false,
             LogTarget::Syslog => true,
-            LogTarget::Auto => !std::io::stderr().is_terminal() && syslog_socket.exists(),
+            LogTarget::Auto => {
+                let invocation = std::env::var_os("INVOCATION_ID").is_some();
+                auto_is_syslog(invocation, journal_stream(), stderr) && syslog_socket.exists()
+            }
         };
         Logger {
+            stamp: stderr != StderrIs::Journal,
+            journal: stderr == StderrIs::Journal,
             sink: if syslog {
                 Sink::Syslog {
                     path: syslog_socket.to_path_buf(),
@@ -137,6 +203,15 @@ pub fn init(level: LogLevel, target: LogTarget, syslog_socket: &Path) {
     set_level(level);
 }
 
+/// Whether what is logged already shows where stderr goes: records go to
+/// stderr, or to syslog while stderr is the journal. When not (syslog with
+/// stderr on a terminal or a pipe), a fatal error is printed on stderr too.
+pub fn reaches_stderr() -> bool {
+    LOGGER
+        .get()
+        .is_some_and(|l| matches!(l.sink, Sink::Stderr) || l.journal)
+}
+
 /// Changes the level (on reload).
 pub fn set_level(level: LogLevel) {
     log::set_max_level(match level {
@@ -145,4 +220,25 @@ pub fn set_level(level: LogLevel) {
         LogLevel::Info => LevelFilter::Info,
         LogLevel::Debug => LevelFilter::Debug,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_picks_syslog_only_under_systemd() {
+        let j = Some((1, 2));
+        // A service whose stderr is the journal.
+        assert!(auto_is_syslog(true, j, StderrIs::Journal));
+        // A service with stderr sent nowhere.
+        assert!(auto_is_syslog(true, None, StderrIs::Other));
+        // A terminal, a pipe, a file: stderr.
+        assert!(!auto_is_syslog(false, None, StderrIs::Terminal));
+        assert!(!auto_is_syslog(false, None, StderrIs::Other));
+        // A shell under a terminal emulator that systemd runs inherits
+        // both variables; its pipes and terminals are not the journal.
+        assert!(!auto_is_syslog(true, j, StderrIs::Terminal));
+        assert!(!auto_is_syslog(true, j, StderrIs::Other));
+    }
 }

@@ -254,6 +254,39 @@ impl From<Gone> for Failure {
 struct Record {
     user: Option<String>,
     dest: Option<Addr>,
+    /// When the 101 went out and when the frame came: an agent's pooled
+    /// connection waits between the two for as long as it stays unused.
+    waiting: Option<(Instant, Option<Instant>)>,
+    /// When the SOCKS5 request was read: `duration=` counts from there, so
+    /// a tunnel's line says how long the tunnel lasted, not the pool wait.
+    request: Option<Instant>,
+}
+
+impl Record {
+    /// `waited=` and `duration=` values (seconds) for the line, at `now`:
+    /// `waited` is `None` before the 101; `duration` counts from accept
+    /// (`start`) when the connection ended before its request.
+    fn times(&self, start: Instant, now: Instant) -> (Option<f64>, f64) {
+        let waited = self.waiting.map(|(from, to)| {
+            to.unwrap_or(now)
+                .saturating_duration_since(from)
+                .as_secs_f64()
+        });
+        let from = self.request.unwrap_or(start);
+        (waited, now.saturating_duration_since(from).as_secs_f64())
+    }
+}
+
+/// A `waited=` value: seconds, or `-` when the connection never got a 101.
+struct Waited(Option<f64>);
+
+impl std::fmt::Display for Waited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(s) => write!(f, "{s:.3}s"),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// Serves one accepted connection to the end and logs one line: TLS first
@@ -286,7 +319,7 @@ pub async fn serve(
                     // Garbage, plain HTTP on the TLS port, an abandoned
                     // handshake: this connection only.
                     log::info!(
-                        "peer={peer} user=- dst=- up=0 down=0 duration={:.3}s end=rejected: TLS handshake: {e}",
+                        "peer={peer} user=- dst=- up=0 down=0 waited=- duration={:.3}s end=rejected: TLS handshake: {e}",
                         start.elapsed().as_secs_f64()
                     );
                     return;
@@ -297,6 +330,8 @@ pub async fn serve(
     let mut rec = Record {
         user: None,
         dest: None,
+        waiting: None,
+        request: None,
     };
     let mut c = Conn::new(stream, deadline);
     let result = match Box::pin(handshake(&mut c, &cfg, &current, &mut admitted, &mut rec)).await {
@@ -309,10 +344,11 @@ pub async fn serve(
         .as_ref()
         .map(|d| d.to_string())
         .unwrap_or_else(|| "-".into());
-    let secs = start.elapsed().as_secs_f64();
+    let (waited, secs) = rec.times(start, Instant::now());
+    let waited = Waited(waited);
     match result {
         Ok(t) => log::info!(
-            "peer={peer} user={user} dst={dest} up={} down={} duration={secs:.3}s end={}",
+            "peer={peer} user={user} dst={dest} up={} down={} waited={waited} duration={secs:.3}s end={}",
             t.up,
             t.down,
             t.end
@@ -324,7 +360,7 @@ pub async fn serve(
             };
             log::log!(
                 level,
-                "peer={peer} user={user} dst={dest} up=0 down=0 duration={secs:.3}s end=rejected: {f}"
+                "peer={peer} user={user} dst={dest} up=0 down=0 waited={waited} duration={secs:.3}s end=rejected: {f}"
             );
             let bytes = match f.answer() {
                 Answer::Nothing => Vec::new(),
@@ -433,6 +469,7 @@ async fn handshake(
     let mut out = Vec::with_capacity(256);
     ws::write_switching(&mut out, &up.key);
     c.send(&out).await?;
+    rec.waiting = Some((Instant::now(), None));
 
     // 3. PONGs, then the 10-byte frame. A pooled connection may sit here
     // for long, kept alive by a PONG now and then: each wait is bounded by
@@ -459,6 +496,7 @@ async fn handshake(
         match ws::parse_preamble(&c.buf).map_err(Failure::Frame)? {
             Parse::Done(ws::Preamble::Frame, used) => {
                 c.buf.drain(..used);
+                rec.waiting = rec.waiting.map(|(from, _)| (from, Some(Instant::now())));
                 break;
             }
             Parse::Done(ws::Preamble::Pong, _) => continue,
@@ -514,6 +552,7 @@ async fn handshake(
 
     // 5. The request.
     let req = c.next(socks5::parse_request, Failure::Request).await?;
+    rec.request = Some(Instant::now());
     rec.dest = Some(req.addr.clone());
     if req.cmd != socks5::CMD_CONNECT {
         return Err(Failure::Command(req.cmd));

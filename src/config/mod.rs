@@ -633,6 +633,18 @@ pub fn load_users_file(path: &Path) -> Result<(Vec<User>, String), ConfigError> 
     Ok((users, text))
 }
 
+/// Whether `text` has the shape of a users file: a YAML list whose entries
+/// are maps with a `name`. A configuration's top level is a map, so `check`
+/// can tell an operator who passed the users file instead.
+pub fn looks_like_users_file(text: &str) -> bool {
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(serde_yaml::Value::Sequence(entries)) => entries
+            .iter()
+            .all(|e| e.as_mapping().is_some_and(|m| m.contains_key("name"))),
+        _ => false,
+    }
+}
+
 /// The line of the `nth` (0-based) `name: <name>` entry in YAML text.
 fn name_line(text: &str, name: &str, nth: usize) -> Option<usize> {
     text.lines()

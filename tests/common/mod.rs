@@ -66,6 +66,18 @@ impl Daemon {
     /// Like `start`, with the binary run through `wrapper` (e.g. a shell
     /// that lowers a limit first): `wrapper... BINARY args... -c CONFIG`.
     pub fn start_via(wrapper: &[&str], args: &[&str], yaml: &str, listeners: usize) -> Daemon {
+        Self::start_with(wrapper, args, yaml, listeners, |_| {})
+    }
+
+    /// Like `start_via`, with `setup` applied to the command before it is
+    /// spawned (environment, file descriptors).
+    pub fn start_with(
+        wrapper: &[&str],
+        args: &[&str],
+        yaml: &str,
+        listeners: usize,
+        setup: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let dir = temp_dir();
         let cfg = dir.join("websocks.yaml");
         // Tests read the log from stderr, whatever `auto` would pick here.
@@ -84,15 +96,14 @@ impl Daemon {
             }
             None => Command::new(bin),
         };
-        let mut child = cmd
-            .args(args)
+        cmd.args(args)
             .arg("-c")
             .arg(&cfg)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn websocks");
+            .stderr(Stdio::piped());
+        setup(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn websocks");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
