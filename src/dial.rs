@@ -14,7 +14,7 @@ use futures_lite::FutureExt;
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 
 use crate::acl::{Acl, canonical};
-use crate::proto::socks5::Addr;
+use crate::proto::socks5::{Addr, Reply};
 
 /// Why a destination could not be reached.
 #[derive(Debug)]
@@ -36,6 +36,24 @@ impl std::fmt::Display for DialError {
             DialError::Resolve(e) => write!(f, "name resolution failed: {e}"),
             DialError::Timeout => f.write_str("connect timed out"),
             DialError::Connect(e) => write!(f, "connect failed: {e}"),
+        }
+    }
+}
+
+impl DialError {
+    /// The SOCKS5 reply for a failed connect (RFC 1928 section 6).
+    pub fn reply(&self) -> Reply {
+        match self {
+            DialError::Denied => Reply::NotAllowed,
+            DialError::Resolve(_) => Reply::HostUnreachable,
+            DialError::Timeout => Reply::TtlExpired,
+            DialError::Connect(e) => match e.kind() {
+                io::ErrorKind::ConnectionRefused => Reply::ConnectionRefused,
+                io::ErrorKind::NetworkUnreachable => Reply::NetworkUnreachable,
+                io::ErrorKind::HostUnreachable => Reply::HostUnreachable,
+                io::ErrorKind::TimedOut => Reply::TtlExpired,
+                _ => Reply::GeneralFailure,
+            },
         }
     }
 }
@@ -354,6 +372,38 @@ fn default_paces() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dial_errors_map_to_one_reply_each() {
+        let connect = |k: io::ErrorKind| DialError::Connect(k.into());
+        for (e, want) in [
+            (DialError::Denied, Reply::NotAllowed),
+            (
+                DialError::Resolve(io::ErrorKind::TimedOut.into()),
+                Reply::HostUnreachable,
+            ),
+            (DialError::Timeout, Reply::TtlExpired),
+            (
+                connect(io::ErrorKind::ConnectionRefused),
+                Reply::ConnectionRefused,
+            ),
+            (
+                connect(io::ErrorKind::NetworkUnreachable),
+                Reply::NetworkUnreachable,
+            ),
+            (
+                connect(io::ErrorKind::HostUnreachable),
+                Reply::HostUnreachable,
+            ),
+            (connect(io::ErrorKind::TimedOut), Reply::TtlExpired),
+            (
+                connect(io::ErrorKind::PermissionDenied),
+                Reply::GeneralFailure,
+            ),
+        ] {
+            assert_eq!(e.reply(), want, "{e:?}");
+        }
+    }
 
     #[test]
     fn names() {

@@ -17,7 +17,7 @@ use crate::admission::Handshaking;
 use crate::config::{ReplyAddress, Server};
 use crate::dial::{Asker, DialError, dial};
 use crate::proto::http::{self, HeadError};
-use crate::proto::socks5::{self, Addr, SocksError};
+use crate::proto::socks5::{self, Addr, Reply, SocksError};
 use crate::proto::ws::{self, FrameError, UpgradeError};
 use crate::proto::{Parse, auth};
 use crate::relay::{self, Totals};
@@ -74,13 +74,13 @@ impl Failure {
         const BAD: &str = "Bad Request";
         let socks_reply = |rep| {
             let mut v = Vec::new();
-            socks5::write_reply(&mut v, rep, socks5::UNSPECIFIED);
+            socks5::write_failure(&mut v, rep);
             Socks(v)
         };
         match self {
             Failure::Gone(_) | Failure::Frame(_) | Failure::PongFlood => Nothing,
             Failure::Revoked(false) => Nothing,
-            Failure::Revoked(true) => socks_reply(socks5::REP_NOT_ALLOWED),
+            Failure::Revoked(true) => socks_reply(Reply::NotAllowed),
             Failure::Head(HeadError::TooLarge) => {
                 Http(400, BAD, vec![], "request head larger than 8 KiB\n")
             }
@@ -105,31 +105,15 @@ impl Failure {
                 vec![("WWW-Authenticate", "Basic realm=\"websocks\"")],
                 "authentication required\n",
             ),
-            Failure::Greeting(_) => Socks(vec![socks5::VERSION, socks5::METHOD_NONE_ACCEPTABLE]),
-            Failure::Request(SocksError::AddressType(_)) => {
-                socks_reply(socks5::REP_ADDRESS_TYPE_NOT_SUPPORTED)
+            Failure::Greeting(_) => {
+                let mut v = Vec::new();
+                socks5::write_choice(&mut v, socks5::METHOD_NONE_ACCEPTABLE);
+                Socks(v)
             }
-            Failure::Request(SocksError::EmptyDomain) => socks_reply(socks5::REP_HOST_UNREACHABLE),
-            Failure::Request(_) => socks_reply(socks5::REP_GENERAL_FAILURE),
-            Failure::Command(_) => socks_reply(socks5::REP_COMMAND_NOT_SUPPORTED),
-            Failure::Dial(e) => socks_reply(dial_reply(e)),
+            Failure::Request(e) => socks_reply(e.reply()),
+            Failure::Command(_) => socks_reply(Reply::CommandNotSupported),
+            Failure::Dial(e) => socks_reply(e.reply()),
         }
-    }
-}
-
-/// RFC 1928 section 6 reply code for a failed connect.
-pub(crate) fn dial_reply(e: &DialError) -> u8 {
-    match e {
-        DialError::Denied => socks5::REP_NOT_ALLOWED,
-        DialError::Resolve(_) => socks5::REP_HOST_UNREACHABLE,
-        DialError::Timeout => socks5::REP_TTL_EXPIRED,
-        DialError::Connect(e) => match e.kind() {
-            io::ErrorKind::ConnectionRefused => socks5::REP_CONNECTION_REFUSED,
-            io::ErrorKind::NetworkUnreachable => socks5::REP_NETWORK_UNREACHABLE,
-            io::ErrorKind::HostUnreachable => socks5::REP_HOST_UNREACHABLE,
-            io::ErrorKind::TimedOut => socks5::REP_TTL_EXPIRED,
-            _ => socks5::REP_GENERAL_FAILURE,
-        },
     }
 }
 
@@ -579,7 +563,7 @@ async fn handshake(
         ReplyAddress::Local => dest.local_addr().unwrap_or(socks5::UNSPECIFIED),
     };
     out.clear();
-    socks5::write_reply(&mut out, socks5::REP_SUCCEEDED, bound);
+    socks5::write_reply(&mut out, Reply::Succeeded, &Addr::Ip(bound));
     c.deadline = Instant::now() + cfg.timeouts.handshake.0;
     c.send(&out).await?;
 

@@ -21,7 +21,7 @@ use crate::dial::{self, DialError};
 use crate::proto::auth;
 use crate::proto::http::{self, HeadError};
 use crate::proto::proxy::{self, Body, Framing, FramingError, ProxyError, ProxyRequest, Scan};
-use crate::proto::socks5::{self, Addr, SocksError};
+use crate::proto::socks5::{self, Addr, Reply, SocksError};
 use crate::relay;
 use crate::tls::Stream;
 use crate::wire::{Gone, Wire, close_gracefully};
@@ -42,16 +42,16 @@ pub struct State {
     pub upstreams: upstream::Upstreams,
 }
 
-/// Why a destination is not reached. Each maps to one SOCKS5 code and one
-/// HTTP status, in [`Refusal::socks`] and [`Refusal::http`].
+/// Why a destination is not reached. Each maps to one SOCKS5 reply and one
+/// HTTP status, in [`Refusal::reply`] and [`Refusal::http`].
 #[derive(Debug)]
 enum Refusal {
     /// A `reject` rule.
     Rejected,
     /// A numeric host name that is not a standard IP literal.
     BadName,
-    /// The server answered the CONNECT with this SOCKS5 code.
-    Server(u8),
+    /// The server answered the CONNECT with this SOCKS5 reply.
+    Server(Reply),
     /// No server of the group could be used.
     NoServer(UpError),
     /// A direct connection failed.
@@ -59,21 +59,21 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn socks(&self) -> u8 {
+    fn reply(&self) -> Reply {
         match self {
-            Refusal::Rejected => socks5::REP_NOT_ALLOWED,
-            Refusal::BadName => socks5::REP_HOST_UNREACHABLE,
+            Refusal::Rejected => Reply::NotAllowed,
+            Refusal::BadName => Reply::HostUnreachable,
             Refusal::Server(rep) => *rep,
-            Refusal::NoServer(UpError::Timeout | UpError::ReplyTimeout) => socks5::REP_TTL_EXPIRED,
-            Refusal::NoServer(_) => socks5::REP_GENERAL_FAILURE,
-            Refusal::Direct(e) => crate::server::dial_reply(e),
+            Refusal::NoServer(UpError::Timeout | UpError::ReplyTimeout) => Reply::TtlExpired,
+            Refusal::NoServer(_) => Reply::GeneralFailure,
+            Refusal::Direct(e) => e.reply(),
         }
     }
 
     fn http(&self) -> (u16, &'static str) {
-        match self.socks() {
-            socks5::REP_NOT_ALLOWED => (403, "Forbidden"),
-            socks5::REP_TTL_EXPIRED => (504, "Gateway Timeout"),
+        match self.reply() {
+            Reply::NotAllowed => (403, "Forbidden"),
+            Reply::TtlExpired => (504, "Gateway Timeout"),
             _ => (502, "Bad Gateway"),
         }
     }
@@ -84,7 +84,7 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::Rejected => f.write_str("rejected by rule"),
             Refusal::BadName => f.write_str("numeric host name that is not an IP literal"),
-            Refusal::Server(rep) => write!(f, "server replied {rep:#04x}"),
+            Refusal::Server(rep) => write!(f, "server replied {:#04x}", rep.code()),
             Refusal::NoServer(e) => write!(f, "no server usable: {e}"),
             Refusal::Direct(e) => write!(f, "direct: {e}"),
         }
@@ -152,8 +152,9 @@ async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, R
                 if opened.pooled { "(pooled)" } else { "" }
             ));
             let t = opened.tunnel;
-            if t.reply.rep != socks5::REP_SUCCEEDED {
-                return Err(Refusal::Server(t.reply.rep));
+            match t.reply.reply() {
+                Reply::Succeeded => {}
+                rep => return Err(Refusal::Server(rep)),
             }
             Ok(Reached {
                 remote: t.stream,
@@ -205,7 +206,7 @@ impl Reject {
     fn answer(&self, via: Kind) -> Vec<u8> {
         let reply = |rep| {
             let mut v = Vec::new();
-            socks5::write_reply(&mut v, rep, socks5::UNSPECIFIED);
+            socks5::write_failure(&mut v, rep);
             v
         };
         let page = |code, reason, headers: &[(&str, &str)], body: &str| {
@@ -216,15 +217,19 @@ impl Reject {
         const BAD: &str = "Bad Request";
         match self {
             Reject::Gone(_) | Reject::NotSocks5(_) => Vec::new(),
-            Reject::NoMethod => vec![socks5::VERSION, socks5::METHOD_NONE_ACCEPTABLE],
-            // RFC 1929 section 2: anything but 00 fails, and we close.
-            Reject::BadLogin => vec![0x01, 0x01],
-            Reject::BadRequest(SocksError::AddressType(_)) => {
-                reply(socks5::REP_ADDRESS_TYPE_NOT_SUPPORTED)
+            Reject::NoMethod => {
+                let mut v = Vec::new();
+                socks5::write_choice(&mut v, socks5::METHOD_NONE_ACCEPTABLE);
+                v
             }
-            Reject::BadRequest(SocksError::EmptyDomain) => reply(socks5::REP_HOST_UNREACHABLE),
-            Reject::BadRequest(_) => reply(socks5::REP_GENERAL_FAILURE),
-            Reject::Command(_) => reply(socks5::REP_COMMAND_NOT_SUPPORTED),
+            // RFC 1929 section 2: anything but success fails, and we close.
+            Reject::BadLogin => {
+                let mut v = Vec::new();
+                socks5::write_user_pass_status(&mut v, socks5::USER_PASS_FAILURE);
+                v
+            }
+            Reject::BadRequest(e) => reply(e.reply()),
+            Reject::Command(_) => reply(Reply::CommandNotSupported),
             Reject::BadHttp(_) => page(400, BAD, &[], "malformed HTTP request\n"),
             Reject::ProxyAuth => page(
                 407,
@@ -265,7 +270,7 @@ impl Reject {
             ),
             Reject::NotFound => page(404, "Not Found", &[], "this is a proxy; see /proxy.pac\n"),
             Reject::Refused(r) => match via {
-                Kind::Socks5 => reply(r.socks()),
+                Kind::Socks5 => reply(r.reply()),
                 _ => {
                     let (code, reason) = r.http();
                     page(code, reason, &[], &format!("{r}\n"))
@@ -476,7 +481,9 @@ async fn socks_session(
     if !greeting.methods.contains(&method) {
         return Err(Reject::NoMethod);
     }
-    local.send(&[socks5::VERSION, method]).await?;
+    let mut out = Vec::new();
+    socks5::write_choice(&mut out, method);
+    local.send(&out).await?;
     if let Some(users) = &st.cfg.users {
         let up = local
             .next(socks5::parse_user_pass, |_| Reject::BadLogin)
@@ -484,7 +491,9 @@ async fn socks_session(
         if !local_auth_ok(users, &up.user, &up.pass) {
             return Err(Reject::BadLogin);
         }
-        local.send(&[0x01, 0x00]).await?;
+        out.clear();
+        socks5::write_user_pass_status(&mut out, socks5::USER_PASS_SUCCESS);
+        local.send(&out).await?;
     }
     let req = local
         .next(socks5::parse_request, Reject::BadRequest)
@@ -498,11 +507,9 @@ async fn socks_session(
     // reply timeouts.
     local.deadline = Instant::now() + st.cfg.timeouts.handshake.0;
     let r = reached.map_err(Reject::Refused)?;
-    let mut v = vec![socks5::VERSION, socks5::REP_SUCCEEDED, 0x00];
-    let mut addr = Vec::new();
-    socks5::write_connect(&mut addr, &r.bound);
-    v.extend_from_slice(&addr[3..]);
-    local.send(&v).await?;
+    out.clear();
+    socks5::write_reply(&mut out, Reply::Succeeded, &r.bound);
+    local.send(&out).await?;
     Ok((r, Vec::new(), None))
 }
 
@@ -563,9 +570,7 @@ async fn http_session(
     let (to_remote, framing) = match forward {
         Some((h, framing)) => (h, Some(framing)),
         None => {
-            local
-                .send(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                .await?;
+            local.send(proxy::CONNECT_ESTABLISHED).await?;
             (Vec::new(), None)
         }
     };

@@ -15,7 +15,7 @@ use smol::channel::{Receiver, Sender};
 use crate::acl::Acl;
 use crate::config::agent::{Agent, Server};
 use crate::dial::{Asker, DialError};
-use crate::proto::socks5::{self, Addr, Reply};
+use crate::proto::socks5::{self, Addr, ServerReply};
 use crate::proto::{Parse, auth, http, ws};
 use crate::tls::{self, Stream};
 
@@ -170,7 +170,7 @@ pub async fn upgrade(server: &Server, timeout: Duration) -> Result<Upgraded, UpE
 /// A tunnel the server answered: its reply, and the stream when it
 /// succeeded. `early` holds destination bytes that came with the reply.
 pub struct Tunnel {
-    pub reply: Reply,
+    pub reply: ServerReply,
     pub stream: Stream,
     pub early: Vec<u8>,
 }
