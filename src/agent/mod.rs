@@ -193,9 +193,7 @@ enum Reject {
     /// A forwarded request whose body has no single, unambiguous end
     /// (RFC 9112 section 6.3): refused before connecting anywhere.
     BadFraming(FramingError),
-    /// `GET /proxy.pac`, answered here with this file.
-    Pac(String),
-    /// Any other request to the proxy itself.
+    /// A request to the proxy itself other than `GET /proxy.pac`.
     NotFound,
     /// Routing or the server refused the destination.
     Refused(Refusal),
@@ -262,12 +260,6 @@ impl Reject {
             Reject::BadFraming(FramingError::Http10Coding) => {
                 page(400, BAD, &[], "Transfer-Encoding in an HTTP/1.0 request\n")
             }
-            Reject::Pac(pac) => page(
-                200,
-                "OK",
-                &[("Content-Type", "application/x-ns-proxy-autoconfig")],
-                pac,
-            ),
             Reject::NotFound => page(404, "Not Found", &[], "this is a proxy; see /proxy.pac\n"),
             Reject::Refused(r) => match via {
                 Kind::Socks5 => reply(r.reply()),
@@ -293,7 +285,6 @@ impl std::fmt::Display for Reject {
             Reject::ProxyAuth => f.write_str("proxy authentication required"),
             Reject::BadTarget(e) => write!(f, "bad proxy request: {e:?}"),
             Reject::BadFraming(e) => write!(f, "ambiguous request body framing: {e:?}"),
-            Reject::Pac(_) => f.write_str("served /proxy.pac"),
             Reject::NotFound => f.write_str("request to the proxy itself: 404"),
             Reject::Refused(r) => write!(f, "{r}"),
         }
@@ -357,7 +348,22 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
         .map(|d: Addr| d.to_string())
         .unwrap_or_else(|| "-".into());
     match opened {
-        Ok((r, to_remote, framing)) => {
+        Ok(Done::Pac(pac)) => {
+            let secs = start.elapsed().as_secs_f64();
+            log::info!(
+                "agent peer={peer} via={via} dst={dst} route={route} up=0 down=0 duration={secs:.3}s end=local: served /proxy.pac"
+            );
+            let mut page = Vec::new();
+            http::write_response(
+                &mut page,
+                200,
+                "OK",
+                &[("Content-Type", "application/x-ns-proxy-autoconfig")],
+                &pac,
+            );
+            let _ = local.send(&page).await;
+        }
+        Ok(Done::Relay(r, to_remote, framing)) => {
             let limits = relay::Limits {
                 idle: st.cfg.timeouts.idle.0,
                 send: st.cfg.timeouts.send.0,
@@ -379,7 +385,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
             let secs = start.elapsed().as_secs_f64();
             let end = match &e {
                 Reject::Refused(_) => "refused",
-                Reject::Pac(_) | Reject::NotFound => "local",
+                Reject::NotFound => "local",
                 _ => "rejected",
             };
             log::info!(
@@ -454,11 +460,19 @@ async fn finish(
     t
 }
 
-/// A local session up to the open path: what to relay (the path, bytes for
-/// the destination, and for a forwarded request the framing of the body,
-/// beyond which nothing the client sends is relayed), or why not (answered
-/// by the caller).
-type Session = Result<(Reached, Vec<u8>, Option<Framing>), Reject>;
+/// How a local session that did not fail ends.
+enum Done {
+    /// An open path to relay: the path, bytes for the destination, and for
+    /// a forwarded request the framing of the body, beyond which nothing
+    /// the client sends is relayed.
+    Relay(Reached, Vec<u8>, Option<Framing>),
+    /// `GET /proxy.pac`, answered here with this file.
+    Pac(String),
+}
+
+/// A local session up to the open path (or the PAC file), or why not
+/// (answered by the caller).
+type Session = Result<Done, Reject>;
 
 /// SOCKS5 (RFC 1928), with RFC 1929 when local users are configured.
 async fn socks_session(
@@ -510,7 +524,7 @@ async fn socks_session(
     out.clear();
     socks5::write_reply(&mut out, Reply::Succeeded, &r.bound);
     local.send(&out).await?;
-    Ok((r, Vec::new(), None))
+    Ok(Done::Relay(r, Vec::new(), None))
 }
 
 /// The PAC file: every request through this HTTP proxy, as the browser
@@ -550,7 +564,7 @@ async fn http_session(
                     .map(str::to_string)
                     .or_else(|| local.stream.local_addr().ok().map(|a| a.to_string()))
                     .unwrap_or_default();
-                return Err(Reject::Pac(pac(&me)));
+                return Ok(Done::Pac(pac(&me)));
             }
             return Err(Reject::NotFound);
         }
@@ -574,5 +588,5 @@ async fn http_session(
             (Vec::new(), None)
         }
     };
-    Ok((r, to_remote, framing))
+    Ok(Done::Relay(r, to_remote, framing))
 }
