@@ -10,6 +10,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+mod deadline;
 pub mod dial;
 pub mod log;
 pub mod proto;

@@ -4,17 +4,16 @@
 //! Every stage keeps the bytes it did not use: a client may send the frame,
 //! greeting, request and first data right behind its HTTP request.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_io::Timer;
 use async_net::TcpStream;
 use futures_lite::{AsyncWriteExt, FutureExt};
 
 use crate::admission::Handshaking;
 use crate::config::{ReplyAddress, Server};
+use crate::deadline::timeout;
 use crate::dial::{Asker, DialError, dial};
 use crate::proto::http::{self, HeadError};
 use crate::proto::socks5::{self, Addr, Reply, SocksError};
@@ -280,12 +279,9 @@ pub async fn serve(
         Some(tls) => {
             // Boxed, like the handshake below: its state is freed before the
             // relay, so an idle tunnel's task stays small.
-            let accepted = Box::pin(tls::accept(tcp, tls.clone()))
-                .or(async {
-                    Timer::at(deadline).await;
-                    Err(io::ErrorKind::TimedOut.into())
-                })
-                .await;
+            let accepted = timeout(deadline, Box::pin(tls::accept(tcp, tls.clone())))
+                .await
+                .unwrap_or_else(|late| Err(late.into()));
             match accepted {
                 Ok(s) => s,
                 Err(e) => {

@@ -6,9 +6,9 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::deadline::timeout;
 use crate::proto::Parse;
 
 /// Bytes asked for per read; the buffer grows only as parsers need.
@@ -71,12 +71,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         let len = buf.len();
         buf.resize(len + READ, 0);
         let mut keep = Keep(buf, len);
-        let deadline = *deadline;
-        let r = stream.read(&mut keep.0[len..]).or(async {
-            Timer::at(deadline).await;
-            Err(io::ErrorKind::TimedOut.into())
-        });
-        let r = r.await;
+        let r = timeout(*deadline, stream.read(&mut keep.0[len..]))
+            .await
+            .unwrap_or_else(|late| Err(late.into()));
         keep.1 = len + *r.as_ref().unwrap_or(&0);
         drop(keep);
         match r {
@@ -107,18 +104,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
     /// Writes `bytes` before the deadline.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Gone> {
-        let deadline = self.deadline;
         let stream = &mut self.stream;
-        async {
+        let sent = async {
             stream.write_all(bytes).await?;
             stream.flush().await
-        }
-        .or(async {
-            Timer::at(deadline).await;
-            Err(io::ErrorKind::TimedOut.into())
-        })
-        .await
-        .map_err(|e| {
+        };
+        timeout(self.deadline, sent)
+            .await
+            .unwrap_or_else(|late| Err(late.into()))
+            .map_err(|e| {
             if e.kind() == io::ErrorKind::TimedOut {
                 Gone::TimedOut
             } else {
@@ -154,10 +148,5 @@ pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(
         }
         io::Result::Ok(())
     };
-    let _ = work
-        .or(async {
-            Timer::after(wait).await;
-            Ok(())
-        })
-        .await;
+    let _ = timeout(Instant::now() + wait, work).await;
 }
