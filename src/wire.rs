@@ -19,7 +19,8 @@ const READ: usize = 2048;
 pub enum Gone {
     Closed,
     TimedOut,
-    Failed,
+    /// A read or write failed, with this kind of error.
+    Failed(io::ErrorKind),
     /// The daemon is stopping and the connection carries no tunnel yet.
     Stopping,
 }
@@ -29,8 +30,17 @@ impl Gone {
         match self {
             Gone::Closed => "closed during handshake",
             Gone::TimedOut => "handshake timed out",
-            Gone::Failed => "read or write error during handshake",
+            Gone::Failed(_) => "read or write error during handshake",
             Gone::Stopping => "server stopping: idle pooled connection closed",
+        }
+    }
+}
+
+impl From<io::Error> for Gone {
+    fn from(e: io::Error) -> Gone {
+        match e.kind() {
+            io::ErrorKind::TimedOut => Gone::TimedOut,
+            kind => Gone::Failed(kind),
         }
     }
 }
@@ -79,8 +89,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         match r {
             Ok(0) => Err(Gone::Closed),
             Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(Gone::TimedOut),
-            Err(_) => Err(Gone::Failed),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -112,13 +121,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         timeout(self.deadline, sent)
             .await
             .unwrap_or_else(|late| Err(late.into()))
-            .map_err(|e| {
-            if e.kind() == io::ErrorKind::TimedOut {
-                Gone::TimedOut
-            } else {
-                Gone::Failed
-            }
-        })
+            .map_err(Gone::from)
     }
 }
 

@@ -1,9 +1,13 @@
 //! The agent, one connection: a local SOCKS5 or HTTP proxy client is routed
 //! (proxy through a server group, direct, or reject), answered with the
-//! real result, then relayed. See `upstream` for the WebSocks side.
+//! real result, then relayed. The WebSocks side: `handshake` (the client
+//! side of the server's handshake), `pool` (a server and its upgraded
+//! connections), `group` (health, round-robin, failover).
 
+pub mod group;
+pub mod handshake;
+pub mod pool;
 pub mod route;
-pub mod upstream;
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,7 +29,7 @@ use crate::proto::socks5::{self, Addr, Reply, SocksError};
 use crate::relay;
 use crate::tls::Stream;
 use crate::wire::{Gone, Wire, close_gracefully};
-use upstream::UpError;
+use handshake::UpError;
 
 /// Which local protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +43,7 @@ pub enum Kind {
 /// What every agent connection shares.
 pub struct State {
     pub cfg: Agent,
-    pub upstreams: upstream::Upstreams,
+    pub upstreams: group::Upstreams,
 }
 
 /// Why a destination is not reached. Each maps to one SOCKS5 reply and one
