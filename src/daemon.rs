@@ -368,7 +368,7 @@ fn reload(
         {
             log::warn!("reload: agent listener changes take effect at the next restart");
         }
-        let upstreams = agent::upstream::start(&a, ex);
+        let upstreams = agent::group::start(&a, ex);
         changes.push(format!(
             "{} servers, {} rules",
             a.servers.len(),
@@ -440,7 +440,7 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
             threads,
         });
         if let Some(a) = cfg.agent {
-            let upstreams = agent::upstream::start(&a, &ex);
+            let upstreams = agent::group::start(&a, &ex);
             *live.agent.write().unwrap_or_else(|e| e.into_inner()) =
                 Some(Arc::new(agent::State { cfg: a, upstreams }));
         }

@@ -8,13 +8,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
 use async_net::TcpStream;
-use futures_lite::FutureExt;
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 
 use crate::acl::{Acl, canonical};
-use crate::proto::socks5::Addr;
+use crate::deadline::timeout;
+use crate::proto::socks5::{Addr, Reply};
 
 /// Why a destination could not be reached.
 #[derive(Debug)]
@@ -36,6 +35,24 @@ impl std::fmt::Display for DialError {
             DialError::Resolve(e) => write!(f, "name resolution failed: {e}"),
             DialError::Timeout => f.write_str("connect timed out"),
             DialError::Connect(e) => write!(f, "connect failed: {e}"),
+        }
+    }
+}
+
+impl DialError {
+    /// The SOCKS5 reply for a failed connect (RFC 1928 section 6).
+    pub fn reply(&self) -> Reply {
+        match self {
+            DialError::Denied => Reply::NotAllowed,
+            DialError::Resolve(_) => Reply::HostUnreachable,
+            DialError::Timeout => Reply::TtlExpired,
+            DialError::Connect(e) => match e.kind() {
+                io::ErrorKind::ConnectionRefused => Reply::ConnectionRefused,
+                io::ErrorKind::NetworkUnreachable => Reply::NetworkUnreachable,
+                io::ErrorKind::HostUnreachable => Reply::HostUnreachable,
+                io::ErrorKind::TimedOut => Reply::TtlExpired,
+                _ => Reply::GeneralFailure,
+            },
         }
     }
 }
@@ -200,25 +217,12 @@ impl Slots {
 
 static LOOKUPS: LazyLock<Slots> = LazyLock::new(|| Slots::new(MAX_LOOKUPS, MAX_LOOKUPS_PER_ASKER));
 
-/// Runs `f` until `deadline`; after it, fails with what `late` makes.
-async fn by<T>(
-    deadline: Instant,
-    f: impl Future<Output = Result<T, DialError>>,
-    late: impl FnOnce() -> DialError,
-) -> Result<T, DialError> {
-    f.or(async {
-        Timer::at(deadline).await;
-        Err(late())
-    })
-    .await
-}
-
 /// A lookup that did not finish by the deadline is answered like one the
 /// resolver gave up on (EAI_AGAIN), `Resolve`, so SOCKS5 `04` host
 /// unreachable (RFC 1928 section 6): the answer says what failed, not
 /// which clock noticed first. `06` stays for a TCP connect out of time.
-fn lookup_late(why: &'static str) -> impl FnOnce() -> DialError {
-    move || DialError::Resolve(io::Error::new(io::ErrorKind::TimedOut, why))
+fn lookup_late(why: &'static str) -> DialError {
+    DialError::Resolve(io::Error::new(io::ErrorKind::TimedOut, why))
 }
 
 /// Resolves `addr` to socket addresses by `deadline`, in one of `who`'s
@@ -247,12 +251,9 @@ pub async fn resolve(
                     "invalid name",
                 )));
             }
-            let slot = by(
-                deadline,
-                async { Ok(LOOKUPS.take(who).await) },
-                lookup_late("no lookup slot free in time (too many lookups in flight)"),
-            )
-            .await?;
+            let slot = timeout(deadline, LOOKUPS.take(who)).await.map_err(|_| {
+                lookup_late("no lookup slot free in time (too many lookups in flight)")
+            })?;
             let (name, port) = (name.to_owned(), *port);
             let lookup = smol::unblock(move || {
                 // Released when getaddrinfo returns, even if the caller has
@@ -263,7 +264,9 @@ pub async fn resolve(
                     .map(Vec::from_iter)
                     .map_err(DialError::Resolve)
             });
-            let found = by(deadline, lookup, lookup_late("name lookup timed out")).await?;
+            let found = timeout(deadline, lookup)
+                .await
+                .map_err(|_| lookup_late("name lookup timed out"))??;
             if found.is_empty() {
                 return Err(DialError::Resolve(io::Error::new(
                     io::ErrorKind::NotFound,
@@ -275,16 +278,16 @@ pub async fn resolve(
     }
 }
 
-/// Connects to `addr` within `timeout`, trying each resolved address the ACL
+/// Connects to `addr` within `limit`, trying each resolved address the ACL
 /// permits, and [`tune`]s the connection. A name is looked up in one of
 /// `who`'s slots (see [`resolve`]).
 pub async fn dial(
     addr: &Addr,
     acl: &Acl,
-    timeout: Duration,
+    limit: Duration,
     who: Asker<'_>,
 ) -> Result<TcpStream, DialError> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + limit;
     let all = resolve(addr, who, deadline).await?;
     let permitted: Vec<SocketAddr> = all
         .into_iter()
@@ -305,12 +308,9 @@ pub async fn dial(
             let tried = if i + 1 == n {
                 TcpStream::connect(sa).await
             } else {
-                TcpStream::connect(sa)
-                    .or(async {
-                        Timer::after(share).await;
-                        Err(io::ErrorKind::TimedOut.into())
-                    })
+                timeout(Instant::now() + share, TcpStream::connect(sa))
                     .await
+                    .unwrap_or_else(|late| Err(late.into()))
             };
             match tried {
                 Ok(s) => {
@@ -324,7 +324,9 @@ pub async fn dial(
             last.unwrap_or_else(|| io::Error::other("no address")),
         ))
     };
-    by(deadline, attempt, || DialError::Timeout).await
+    timeout(deadline, attempt)
+        .await
+        .unwrap_or(Err(DialError::Timeout))
 }
 
 /// Socket options for every leg, accepted or dialled: `TCP_NODELAY` (the
@@ -354,6 +356,38 @@ fn default_paces() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dial_errors_map_to_one_reply_each() {
+        let connect = |k: io::ErrorKind| DialError::Connect(k.into());
+        for (e, want) in [
+            (DialError::Denied, Reply::NotAllowed),
+            (
+                DialError::Resolve(io::ErrorKind::TimedOut.into()),
+                Reply::HostUnreachable,
+            ),
+            (DialError::Timeout, Reply::TtlExpired),
+            (
+                connect(io::ErrorKind::ConnectionRefused),
+                Reply::ConnectionRefused,
+            ),
+            (
+                connect(io::ErrorKind::NetworkUnreachable),
+                Reply::NetworkUnreachable,
+            ),
+            (
+                connect(io::ErrorKind::HostUnreachable),
+                Reply::HostUnreachable,
+            ),
+            (connect(io::ErrorKind::TimedOut), Reply::TtlExpired),
+            (
+                connect(io::ErrorKind::PermissionDenied),
+                Reply::GeneralFailure,
+            ),
+        ] {
+            assert_eq!(e.reply(), want, "{e:?}");
+        }
+    }
 
     #[test]
     fn names() {

@@ -4,20 +4,19 @@
 //! Every stage keeps the bytes it did not use: a client may send the frame,
 //! greeting, request and first data right behind its HTTP request.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_io::Timer;
 use async_net::TcpStream;
 use futures_lite::{AsyncWriteExt, FutureExt};
 
 use crate::admission::Handshaking;
 use crate::config::{ReplyAddress, Server};
+use crate::deadline::timeout;
 use crate::dial::{Asker, DialError, dial};
 use crate::proto::http::{self, HeadError};
-use crate::proto::socks5::{self, Addr, SocksError};
+use crate::proto::socks5::{self, Addr, Reply, SocksError};
 use crate::proto::ws::{self, FrameError, UpgradeError};
 use crate::proto::{Parse, auth};
 use crate::relay::{self, Totals};
@@ -32,8 +31,6 @@ enum Failure {
     Gone(&'static str),
     /// Bad HTTP head.
     Head(HeadError),
-    /// A plain GET of the health path: answered 200, not a failure really.
-    Health,
     /// Not a WebSocks upgrade.
     Upgrade(UpgradeError),
     /// No or bad credentials.
@@ -55,82 +52,58 @@ enum Failure {
     Dial(DialError),
 }
 
-/// What to send before closing.
-enum Answer {
-    Nothing,
-    Http(
-        u16,
-        &'static str,
-        Vec<(&'static str, &'static str)>,
-        &'static str,
-    ),
-    Socks(Vec<u8>),
-}
-
 impl Failure {
-    /// The single place where failures become bytes on the wire.
-    fn answer(&self) -> Answer {
-        use Answer::*;
+    /// The single place where failures become bytes on the wire: what to
+    /// send before closing (maybe nothing).
+    fn answer(&self) -> Vec<u8> {
         const BAD: &str = "Bad Request";
-        let socks_reply = |rep| {
-            let mut v = Vec::new();
-            socks5::write_reply(&mut v, rep, socks5::UNSPECIFIED);
-            Socks(v)
+        let mut v = Vec::new();
+        let mut page = |code, reason, headers: &[(&str, &str)], body| {
+            http::write_response(&mut v, code, reason, headers, body);
         };
         match self {
-            Failure::Gone(_) | Failure::Frame(_) | Failure::PongFlood => Nothing,
-            Failure::Revoked(false) => Nothing,
-            Failure::Revoked(true) => socks_reply(socks5::REP_NOT_ALLOWED),
+            Failure::Gone(_) | Failure::Frame(_) | Failure::PongFlood => {}
+            Failure::Revoked(false) => {}
             Failure::Head(HeadError::TooLarge) => {
-                Http(400, BAD, vec![], "request head larger than 8 KiB\n")
+                page(400, BAD, &[], "request head larger than 8 KiB\n")
             }
-            Failure::Head(_) => Http(400, BAD, vec![], "malformed HTTP request\n"),
-            Failure::Health => Http(200, "OK", vec![], "ok\n"),
-            Failure::Upgrade(UpgradeError::Version) => Http(
+            Failure::Head(_) => page(400, BAD, &[], "malformed HTTP request\n"),
+            Failure::Upgrade(UpgradeError::Version) => page(
                 400,
                 BAD,
-                vec![("Sec-WebSocket-Version", "13")],
+                &[("Sec-WebSocket-Version", "13")],
                 "unsupported WebSocket version\n",
             ),
-            Failure::Upgrade(UpgradeError::Protocol) => Http(
+            Failure::Upgrade(UpgradeError::Protocol) => page(
                 400,
                 BAD,
-                vec![],
+                &[],
                 "the socks5 WebSocket subprotocol is required\n",
             ),
-            Failure::Upgrade(_) => Http(400, BAD, vec![], "a WebSocket upgrade is required\n"),
-            Failure::Unauthorized(..) => Http(
+            Failure::Upgrade(_) => page(400, BAD, &[], "a WebSocket upgrade is required\n"),
+            Failure::Unauthorized(..) => page(
                 401,
                 "Unauthorized",
-                vec![("WWW-Authenticate", "Basic realm=\"websocks\"")],
+                &[("WWW-Authenticate", "Basic realm=\"websocks\"")],
                 "authentication required\n",
             ),
-            Failure::Greeting(_) => Socks(vec![socks5::VERSION, socks5::METHOD_NONE_ACCEPTABLE]),
-            Failure::Request(SocksError::AddressType(_)) => {
-                socks_reply(socks5::REP_ADDRESS_TYPE_NOT_SUPPORTED)
-            }
-            Failure::Request(SocksError::EmptyDomain) => socks_reply(socks5::REP_HOST_UNREACHABLE),
-            Failure::Request(_) => socks_reply(socks5::REP_GENERAL_FAILURE),
-            Failure::Command(_) => socks_reply(socks5::REP_COMMAND_NOT_SUPPORTED),
-            Failure::Dial(e) => socks_reply(dial_reply(e)),
+            Failure::Greeting(_) => socks5::write_choice(&mut v, socks5::METHOD_NONE_ACCEPTABLE),
+            Failure::Revoked(true) => socks5::write_failure(&mut v, Reply::NotAllowed),
+            Failure::Request(e) => socks5::write_failure(&mut v, e.reply()),
+            Failure::Command(_) => socks5::write_failure(&mut v, Reply::CommandNotSupported),
+            Failure::Dial(e) => socks5::write_failure(&mut v, e.reply()),
         }
+        v
     }
 }
 
-/// RFC 1928 section 6 reply code for a failed connect.
-pub(crate) fn dial_reply(e: &DialError) -> u8 {
-    match e {
-        DialError::Denied => socks5::REP_NOT_ALLOWED,
-        DialError::Resolve(_) => socks5::REP_HOST_UNREACHABLE,
-        DialError::Timeout => socks5::REP_TTL_EXPIRED,
-        DialError::Connect(e) => match e.kind() {
-            io::ErrorKind::ConnectionRefused => socks5::REP_CONNECTION_REFUSED,
-            io::ErrorKind::NetworkUnreachable => socks5::REP_NETWORK_UNREACHABLE,
-            io::ErrorKind::HostUnreachable => socks5::REP_HOST_UNREACHABLE,
-            io::ErrorKind::TimedOut => socks5::REP_TTL_EXPIRED,
-            _ => socks5::REP_GENERAL_FAILURE,
-        },
-    }
+/// What a connection came for, when its handshake did not fail.
+enum Granted {
+    /// A tunnel: the connected destination, and the relay limits in force
+    /// at the CONNECT.
+    Tunnel(TcpStream, relay::Limits),
+    /// A plain GET of the health path, answered `200 ok`.
+    Health,
 }
 
 impl std::fmt::Display for Failure {
@@ -138,7 +111,6 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Gone(why) => write!(f, "client gone: {why}"),
             Failure::Head(e) => write!(f, "bad HTTP head: {e:?}"),
-            Failure::Health => write!(f, "health check"),
             Failure::Upgrade(e) => write!(f, "not a WebSocks upgrade: {e:?}"),
             Failure::Unauthorized(why, user) => match user {
                 Some(u) => write!(f, "unauthorized: {why} (user {})", u.escape_default()),
@@ -307,12 +279,9 @@ pub async fn serve(
         Some(tls) => {
             // Boxed, like the handshake below: its state is freed before the
             // relay, so an idle tunnel's task stays small.
-            let accepted = Box::pin(tls::accept(tcp, tls.clone()))
-                .or(async {
-                    Timer::at(deadline).await;
-                    Err(io::ErrorKind::TimedOut.into())
-                })
-                .await;
+            let accepted = timeout(deadline, Box::pin(tls::accept(tcp, tls.clone())))
+                .await
+                .unwrap_or_else(|late| Err(late.into()));
             match accepted {
                 Ok(s) => s,
                 Err(e) => {
@@ -334,9 +303,23 @@ pub async fn serve(
         request: None,
     };
     let mut c = Conn::new(stream, deadline);
+    // Relayed, or to be answered (maybe with nothing) and closed: the log
+    // level, the reason for the line and the answer.
     let result = match Box::pin(handshake(&mut c, &cfg, &current, &mut admitted, &mut rec)).await {
-        Ok((dest, t)) => Ok(relay_after(c, dest, t).await),
-        Err(f) => Err((f, c)),
+        Ok(Granted::Tunnel(dest, t)) => Ok(relay_after(c, dest, t).await),
+        Ok(Granted::Health) => {
+            let mut ok = Vec::new();
+            http::write_response(&mut ok, 200, "OK", &[], "ok\n");
+            // Logged quietly, as a client gone during the handshake is.
+            Err((log::Level::Debug, "health check".to_string(), ok, c))
+        }
+        Err(f) => {
+            let level = match f {
+                Failure::Gone(_) => log::Level::Debug,
+                _ => log::Level::Info,
+            };
+            Err((level, f.to_string(), f.answer(), c))
+        }
     };
     let user = rec.user.as_deref().unwrap_or("-");
     let dest = rec
@@ -353,24 +336,11 @@ pub async fn serve(
             t.down,
             t.end
         ),
-        Err((f, mut c)) => {
-            let level = match f {
-                Failure::Health | Failure::Gone(_) => log::Level::Debug,
-                _ => log::Level::Info,
-            };
+        Err((level, why, bytes, mut c)) => {
             log::log!(
                 level,
-                "peer={peer} user={user} dst={dest} up=0 down=0 waited={waited} duration={secs:.3}s end=rejected: {f}"
+                "peer={peer} user={user} dst={dest} up=0 down=0 waited={waited} duration={secs:.3}s end=rejected: {why}"
             );
-            let bytes = match f.answer() {
-                Answer::Nothing => Vec::new(),
-                Answer::Http(code, reason, headers, body) => {
-                    let mut v = Vec::new();
-                    http::write_response(&mut v, code, reason, &headers, body);
-                    v
-                }
-                Answer::Socks(v) => v,
-            };
             Box::pin(close_gracefully(
                 &mut c.stream,
                 &bytes,
@@ -414,8 +384,8 @@ enum Woke {
     Reloaded,
 }
 
-/// The handshake, up to the success reply: returns the connected
-/// destination and the relay limits in force at the CONNECT. `cfg` is the
+/// The handshake, up to the success reply (or the health check's answer):
+/// returns what the connection came for. `cfg` is the
 /// snapshot at accept, for the stages before the grant; every later
 /// decision reads `current` again (a reload may come while a pooled
 /// connection waits).
@@ -425,14 +395,14 @@ async fn handshake(
     current: &Current,
     admitted: &mut Handshaking,
     rec: &mut Record,
-) -> Result<(TcpStream, relay::Limits), Failure> {
+) -> Result<Granted, Failure> {
     // 1. HTTP head.
     let head = c.next(http::parse_request, Failure::Head).await?;
     if head.count("Upgrade") == 0
         && head.first == "GET"
         && cfg.health_path.as_deref() == Some(head.second.split('?').next().unwrap_or(""))
     {
-        return Err(Failure::Health);
+        return Ok(Granted::Health);
     }
     let up = ws::check_upgrade(&head).map_err(Failure::Upgrade)?;
 
@@ -579,7 +549,7 @@ async fn handshake(
         ReplyAddress::Local => dest.local_addr().unwrap_or(socks5::UNSPECIFIED),
     };
     out.clear();
-    socks5::write_reply(&mut out, socks5::REP_SUCCEEDED, bound);
+    socks5::write_reply(&mut out, Reply::Succeeded, &Addr::Ip(bound));
     c.deadline = Instant::now() + cfg.timeouts.handshake.0;
     c.send(&out).await?;
 
@@ -588,5 +558,5 @@ async fn handshake(
         send: cfg.timeouts.send.0,
         buffer: cfg.tunnel_buffer,
     };
-    Ok((dest, t))
+    Ok(Granted::Tunnel(dest, t))
 }

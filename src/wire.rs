@@ -6,9 +6,9 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::deadline::timeout;
 use crate::proto::Parse;
 
 /// Bytes asked for per read; the buffer grows only as parsers need.
@@ -19,7 +19,8 @@ const READ: usize = 2048;
 pub enum Gone {
     Closed,
     TimedOut,
-    Failed,
+    /// A read or write failed, with this kind of error.
+    Failed(io::ErrorKind),
     /// The daemon is stopping and the connection carries no tunnel yet.
     Stopping,
 }
@@ -29,8 +30,17 @@ impl Gone {
         match self {
             Gone::Closed => "closed during handshake",
             Gone::TimedOut => "handshake timed out",
-            Gone::Failed => "read or write error during handshake",
+            Gone::Failed(_) => "read or write error during handshake",
             Gone::Stopping => "server stopping: idle pooled connection closed",
+        }
+    }
+}
+
+impl From<io::Error> for Gone {
+    fn from(e: io::Error) -> Gone {
+        match e.kind() {
+            io::ErrorKind::TimedOut => Gone::TimedOut,
+            kind => Gone::Failed(kind),
         }
     }
 }
@@ -71,19 +81,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         let len = buf.len();
         buf.resize(len + READ, 0);
         let mut keep = Keep(buf, len);
-        let deadline = *deadline;
-        let r = stream.read(&mut keep.0[len..]).or(async {
-            Timer::at(deadline).await;
-            Err(io::ErrorKind::TimedOut.into())
-        });
-        let r = r.await;
+        let r = timeout(*deadline, stream.read(&mut keep.0[len..]))
+            .await
+            .unwrap_or_else(|late| Err(late.into()));
         keep.1 = len + *r.as_ref().unwrap_or(&0);
         drop(keep);
         match r {
             Ok(0) => Err(Gone::Closed),
             Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(Gone::TimedOut),
-            Err(_) => Err(Gone::Failed),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -107,24 +113,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
     /// Writes `bytes` before the deadline.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Gone> {
-        let deadline = self.deadline;
         let stream = &mut self.stream;
-        async {
+        let sent = async {
             stream.write_all(bytes).await?;
             stream.flush().await
-        }
-        .or(async {
-            Timer::at(deadline).await;
-            Err(io::ErrorKind::TimedOut.into())
-        })
-        .await
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::TimedOut {
-                Gone::TimedOut
-            } else {
-                Gone::Failed
-            }
-        })
+        };
+        timeout(self.deadline, sent)
+            .await
+            .unwrap_or_else(|late| Err(late.into()))
+            .map_err(Gone::from)
     }
 }
 
@@ -154,10 +151,5 @@ pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(
         }
         io::Result::Ok(())
     };
-    let _ = work
-        .or(async {
-            Timer::after(wait).await;
-            Ok(())
-        })
-        .await;
+    let _ = timeout(Instant::now() + wait, work).await;
 }

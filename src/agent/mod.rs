@@ -1,9 +1,13 @@
 //! The agent, one connection: a local SOCKS5 or HTTP proxy client is routed
 //! (proxy through a server group, direct, or reject), answered with the
-//! real result, then relayed. See `upstream` for the WebSocks side.
+//! real result, then relayed. The WebSocks side: `handshake` (the client
+//! side of the server's handshake), `pool` (a server and its upgraded
+//! connections), `group` (health, round-robin, failover).
 
+pub mod group;
+pub mod handshake;
+pub mod pool;
 pub mod route;
-pub mod upstream;
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,11 +25,11 @@ use crate::dial::{self, DialError};
 use crate::proto::auth;
 use crate::proto::http::{self, HeadError};
 use crate::proto::proxy::{self, Body, Framing, FramingError, ProxyError, ProxyRequest, Scan};
-use crate::proto::socks5::{self, Addr, SocksError};
+use crate::proto::socks5::{self, Addr, Reply, SocksError};
 use crate::relay;
 use crate::tls::Stream;
 use crate::wire::{Gone, Wire, close_gracefully};
-use upstream::UpError;
+use handshake::UpError;
 
 /// Which local protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,19 +43,19 @@ pub enum Kind {
 /// What every agent connection shares.
 pub struct State {
     pub cfg: Agent,
-    pub upstreams: upstream::Upstreams,
+    pub upstreams: group::Upstreams,
 }
 
-/// Why a destination is not reached. Each maps to one SOCKS5 code and one
-/// HTTP status, in [`Refusal::socks`] and [`Refusal::http`].
+/// Why a destination is not reached. Each maps to one SOCKS5 reply and one
+/// HTTP status, in [`Refusal::reply`] and [`Refusal::http`].
 #[derive(Debug)]
 enum Refusal {
     /// A `reject` rule.
     Rejected,
     /// A numeric host name that is not a standard IP literal.
     BadName,
-    /// The server answered the CONNECT with this SOCKS5 code.
-    Server(u8),
+    /// The server answered the CONNECT with this SOCKS5 reply.
+    Server(Reply),
     /// No server of the group could be used.
     NoServer(UpError),
     /// A direct connection failed.
@@ -59,21 +63,21 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn socks(&self) -> u8 {
+    fn reply(&self) -> Reply {
         match self {
-            Refusal::Rejected => socks5::REP_NOT_ALLOWED,
-            Refusal::BadName => socks5::REP_HOST_UNREACHABLE,
+            Refusal::Rejected => Reply::NotAllowed,
+            Refusal::BadName => Reply::HostUnreachable,
             Refusal::Server(rep) => *rep,
-            Refusal::NoServer(UpError::Timeout | UpError::ReplyTimeout) => socks5::REP_TTL_EXPIRED,
-            Refusal::NoServer(_) => socks5::REP_GENERAL_FAILURE,
-            Refusal::Direct(e) => crate::server::dial_reply(e),
+            Refusal::NoServer(UpError::Timeout | UpError::ReplyTimeout) => Reply::TtlExpired,
+            Refusal::NoServer(_) => Reply::GeneralFailure,
+            Refusal::Direct(e) => e.reply(),
         }
     }
 
     fn http(&self) -> (u16, &'static str) {
-        match self.socks() {
-            socks5::REP_NOT_ALLOWED => (403, "Forbidden"),
-            socks5::REP_TTL_EXPIRED => (504, "Gateway Timeout"),
+        match self.reply() {
+            Reply::NotAllowed => (403, "Forbidden"),
+            Reply::TtlExpired => (504, "Gateway Timeout"),
             _ => (502, "Bad Gateway"),
         }
     }
@@ -84,7 +88,7 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::Rejected => f.write_str("rejected by rule"),
             Refusal::BadName => f.write_str("numeric host name that is not an IP literal"),
-            Refusal::Server(rep) => write!(f, "server replied {rep:#04x}"),
+            Refusal::Server(rep) => write!(f, "server replied {:#04x}", rep.code()),
             Refusal::NoServer(e) => write!(f, "no server usable: {e}"),
             Refusal::Direct(e) => write!(f, "direct: {e}"),
         }
@@ -152,8 +156,9 @@ async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, R
                 if opened.pooled { "(pooled)" } else { "" }
             ));
             let t = opened.tunnel;
-            if t.reply.rep != socks5::REP_SUCCEEDED {
-                return Err(Refusal::Server(t.reply.rep));
+            match t.reply.reply() {
+                Reply::Succeeded => {}
+                rep => return Err(Refusal::Server(rep)),
             }
             Ok(Reached {
                 remote: t.stream,
@@ -192,9 +197,7 @@ enum Reject {
     /// A forwarded request whose body has no single, unambiguous end
     /// (RFC 9112 section 6.3): refused before connecting anywhere.
     BadFraming(FramingError),
-    /// `GET /proxy.pac`, answered here with this file.
-    Pac(String),
-    /// Any other request to the proxy itself.
+    /// A request to the proxy itself other than `GET /proxy.pac`.
     NotFound,
     /// Routing or the server refused the destination.
     Refused(Refusal),
@@ -205,7 +208,7 @@ impl Reject {
     fn answer(&self, via: Kind) -> Vec<u8> {
         let reply = |rep| {
             let mut v = Vec::new();
-            socks5::write_reply(&mut v, rep, socks5::UNSPECIFIED);
+            socks5::write_failure(&mut v, rep);
             v
         };
         let page = |code, reason, headers: &[(&str, &str)], body: &str| {
@@ -216,15 +219,19 @@ impl Reject {
         const BAD: &str = "Bad Request";
         match self {
             Reject::Gone(_) | Reject::NotSocks5(_) => Vec::new(),
-            Reject::NoMethod => vec![socks5::VERSION, socks5::METHOD_NONE_ACCEPTABLE],
-            // RFC 1929 section 2: anything but 00 fails, and we close.
-            Reject::BadLogin => vec![0x01, 0x01],
-            Reject::BadRequest(SocksError::AddressType(_)) => {
-                reply(socks5::REP_ADDRESS_TYPE_NOT_SUPPORTED)
+            Reject::NoMethod => {
+                let mut v = Vec::new();
+                socks5::write_choice(&mut v, socks5::METHOD_NONE_ACCEPTABLE);
+                v
             }
-            Reject::BadRequest(SocksError::EmptyDomain) => reply(socks5::REP_HOST_UNREACHABLE),
-            Reject::BadRequest(_) => reply(socks5::REP_GENERAL_FAILURE),
-            Reject::Command(_) => reply(socks5::REP_COMMAND_NOT_SUPPORTED),
+            // RFC 1929 section 2: anything but success fails, and we close.
+            Reject::BadLogin => {
+                let mut v = Vec::new();
+                socks5::write_user_pass_status(&mut v, socks5::USER_PASS_FAILURE);
+                v
+            }
+            Reject::BadRequest(e) => reply(e.reply()),
+            Reject::Command(_) => reply(Reply::CommandNotSupported),
             Reject::BadHttp(_) => page(400, BAD, &[], "malformed HTTP request\n"),
             Reject::ProxyAuth => page(
                 407,
@@ -257,15 +264,9 @@ impl Reject {
             Reject::BadFraming(FramingError::Http10Coding) => {
                 page(400, BAD, &[], "Transfer-Encoding in an HTTP/1.0 request\n")
             }
-            Reject::Pac(pac) => page(
-                200,
-                "OK",
-                &[("Content-Type", "application/x-ns-proxy-autoconfig")],
-                pac,
-            ),
             Reject::NotFound => page(404, "Not Found", &[], "this is a proxy; see /proxy.pac\n"),
             Reject::Refused(r) => match via {
-                Kind::Socks5 => reply(r.socks()),
+                Kind::Socks5 => reply(r.reply()),
                 _ => {
                     let (code, reason) = r.http();
                     page(code, reason, &[], &format!("{r}\n"))
@@ -288,7 +289,6 @@ impl std::fmt::Display for Reject {
             Reject::ProxyAuth => f.write_str("proxy authentication required"),
             Reject::BadTarget(e) => write!(f, "bad proxy request: {e:?}"),
             Reject::BadFraming(e) => write!(f, "ambiguous request body framing: {e:?}"),
-            Reject::Pac(_) => f.write_str("served /proxy.pac"),
             Reject::NotFound => f.write_str("request to the proxy itself: 404"),
             Reject::Refused(r) => write!(f, "{r}"),
         }
@@ -352,7 +352,22 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
         .map(|d: Addr| d.to_string())
         .unwrap_or_else(|| "-".into());
     match opened {
-        Ok((r, to_remote, framing)) => {
+        Ok(Done::Pac(pac)) => {
+            let secs = start.elapsed().as_secs_f64();
+            log::info!(
+                "agent peer={peer} via={via} dst={dst} route={route} up=0 down=0 duration={secs:.3}s end=local: served /proxy.pac"
+            );
+            let mut page = Vec::new();
+            http::write_response(
+                &mut page,
+                200,
+                "OK",
+                &[("Content-Type", "application/x-ns-proxy-autoconfig")],
+                &pac,
+            );
+            let _ = local.send(&page).await;
+        }
+        Ok(Done::Relay(r, to_remote, framing)) => {
             let limits = relay::Limits {
                 idle: st.cfg.timeouts.idle.0,
                 send: st.cfg.timeouts.send.0,
@@ -374,7 +389,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
             let secs = start.elapsed().as_secs_f64();
             let end = match &e {
                 Reject::Refused(_) => "refused",
-                Reject::Pac(_) | Reject::NotFound => "local",
+                Reject::NotFound => "local",
                 _ => "rejected",
             };
             log::info!(
@@ -449,11 +464,19 @@ async fn finish(
     t
 }
 
-/// A local session up to the open path: what to relay (the path, bytes for
-/// the destination, and for a forwarded request the framing of the body,
-/// beyond which nothing the client sends is relayed), or why not (answered
-/// by the caller).
-type Session = Result<(Reached, Vec<u8>, Option<Framing>), Reject>;
+/// How a local session that did not fail ends.
+enum Done {
+    /// An open path to relay: the path, bytes for the destination, and for
+    /// a forwarded request the framing of the body, beyond which nothing
+    /// the client sends is relayed.
+    Relay(Reached, Vec<u8>, Option<Framing>),
+    /// `GET /proxy.pac`, answered here with this file.
+    Pac(String),
+}
+
+/// A local session up to the open path (or the PAC file), or why not
+/// (answered by the caller).
+type Session = Result<Done, Reject>;
 
 /// SOCKS5 (RFC 1928), with RFC 1929 when local users are configured.
 async fn socks_session(
@@ -476,7 +499,9 @@ async fn socks_session(
     if !greeting.methods.contains(&method) {
         return Err(Reject::NoMethod);
     }
-    local.send(&[socks5::VERSION, method]).await?;
+    let mut out = Vec::new();
+    socks5::write_choice(&mut out, method);
+    local.send(&out).await?;
     if let Some(users) = &st.cfg.users {
         let up = local
             .next(socks5::parse_user_pass, |_| Reject::BadLogin)
@@ -484,7 +509,9 @@ async fn socks_session(
         if !local_auth_ok(users, &up.user, &up.pass) {
             return Err(Reject::BadLogin);
         }
-        local.send(&[0x01, 0x00]).await?;
+        out.clear();
+        socks5::write_user_pass_status(&mut out, socks5::USER_PASS_SUCCESS);
+        local.send(&out).await?;
     }
     let req = local
         .next(socks5::parse_request, Reject::BadRequest)
@@ -498,12 +525,10 @@ async fn socks_session(
     // reply timeouts.
     local.deadline = Instant::now() + st.cfg.timeouts.handshake.0;
     let r = reached.map_err(Reject::Refused)?;
-    let mut v = vec![socks5::VERSION, socks5::REP_SUCCEEDED, 0x00];
-    let mut addr = Vec::new();
-    socks5::write_connect(&mut addr, &r.bound);
-    v.extend_from_slice(&addr[3..]);
-    local.send(&v).await?;
-    Ok((r, Vec::new(), None))
+    out.clear();
+    socks5::write_reply(&mut out, Reply::Succeeded, &r.bound);
+    local.send(&out).await?;
+    Ok(Done::Relay(r, Vec::new(), None))
 }
 
 /// The PAC file: every request through this HTTP proxy, as the browser
@@ -543,7 +568,7 @@ async fn http_session(
                     .map(str::to_string)
                     .or_else(|| local.stream.local_addr().ok().map(|a| a.to_string()))
                     .unwrap_or_default();
-                return Err(Reject::Pac(pac(&me)));
+                return Ok(Done::Pac(pac(&me)));
             }
             return Err(Reject::NotFound);
         }
@@ -563,11 +588,9 @@ async fn http_session(
     let (to_remote, framing) = match forward {
         Some((h, framing)) => (h, Some(framing)),
         None => {
-            local
-                .send(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                .await?;
+            local.send(proxy::CONNECT_ESTABLISHED).await?;
             (Vec::new(), None)
         }
     };
-    Ok((r, to_remote, framing))
+    Ok(Done::Relay(r, to_remote, framing))
 }

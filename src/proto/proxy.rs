@@ -5,6 +5,10 @@
 use super::http::Head;
 use super::socks5::Addr;
 
+/// The answer to a CONNECT once the destination has answered (RFC 9110
+/// section 9.3.6: a 2xx, no body); the tunnel starts right after it.
+pub const CONNECT_ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+
 /// What an HTTP proxy client asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyRequest {

@@ -8,6 +8,8 @@
 //! request   VER CMD RSV ATYP DST.ADDR DST.PORT                  RFC 1928 s.4
 //! reply     VER REP RSV ATYP BND.ADDR BND.PORT                  RFC 1928 s.6
 //! ATYP      01 = 4-byte IPv4, 03 = 1-byte length + name, 04 = 16-byte IPv6
+//! login     VER ULEN UNAME PLEN PASSWD     01 n user m pass     RFC 1929 s.2
+//! status    VER STATUS                     01 00 | 01 01
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -42,6 +44,67 @@ pub const REP_TTL_EXPIRED: u8 = 0x06; // TTL expired (used for timeouts)
 pub const REP_COMMAND_NOT_SUPPORTED: u8 = 0x07; // Command not supported
 pub const REP_ADDRESS_TYPE_NOT_SUPPORTED: u8 = 0x08; // Address type not supported
 
+/// Username/password sub-negotiation (RFC 1929 section 2).
+pub const USER_PASS_VERSION: u8 = 0x01;
+pub const USER_PASS_SUCCESS: u8 = 0x00; // any other status is a failure
+pub const USER_PASS_FAILURE: u8 = 0x01; // and the server closes
+
+/// A reply code (RFC 1928 section 6): what a server answers a request
+/// with. Every failure in websocks is answered with exactly one of these,
+/// chosen by `reply()` on its error type ([`SocksError::reply`] here,
+/// `DialError::reply` for a connect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reply {
+    Succeeded,
+    GeneralFailure,
+    NotAllowed,
+    NetworkUnreachable,
+    HostUnreachable,
+    ConnectionRefused,
+    /// Also every timeout: the RFC has no better word for one.
+    TtlExpired,
+    CommandNotSupported,
+    AddressTypeNotSupported,
+    /// A code RFC 1928 leaves unassigned (09 to FF), as a server sent it:
+    /// passed on as it is, never a panic.
+    Unassigned(u8),
+}
+
+impl Reply {
+    /// The code on the wire.
+    pub const fn code(self) -> u8 {
+        match self {
+            Reply::Succeeded => REP_SUCCEEDED,
+            Reply::GeneralFailure => REP_GENERAL_FAILURE,
+            Reply::NotAllowed => REP_NOT_ALLOWED,
+            Reply::NetworkUnreachable => REP_NETWORK_UNREACHABLE,
+            Reply::HostUnreachable => REP_HOST_UNREACHABLE,
+            Reply::ConnectionRefused => REP_CONNECTION_REFUSED,
+            Reply::TtlExpired => REP_TTL_EXPIRED,
+            Reply::CommandNotSupported => REP_COMMAND_NOT_SUPPORTED,
+            Reply::AddressTypeNotSupported => REP_ADDRESS_TYPE_NOT_SUPPORTED,
+            Reply::Unassigned(code) => code,
+        }
+    }
+}
+
+impl From<u8> for Reply {
+    fn from(code: u8) -> Reply {
+        match code {
+            REP_SUCCEEDED => Reply::Succeeded,
+            REP_GENERAL_FAILURE => Reply::GeneralFailure,
+            REP_NOT_ALLOWED => Reply::NotAllowed,
+            REP_NETWORK_UNREACHABLE => Reply::NetworkUnreachable,
+            REP_HOST_UNREACHABLE => Reply::HostUnreachable,
+            REP_CONNECTION_REFUSED => Reply::ConnectionRefused,
+            REP_TTL_EXPIRED => Reply::TtlExpired,
+            REP_COMMAND_NOT_SUPPORTED => Reply::CommandNotSupported,
+            REP_ADDRESS_TYPE_NOT_SUPPORTED => Reply::AddressTypeNotSupported,
+            other => Reply::Unassigned(other),
+        }
+    }
+}
+
 /// Why SOCKS bytes are not a valid message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocksError {
@@ -55,6 +118,21 @@ pub enum SocksError {
     EmptyDomain,
     /// A reply or method choice that is not well-formed.
     Malformed,
+}
+
+impl SocksError {
+    /// The reply to a request that failed to parse. A bad greeting has no
+    /// reply: it is answered with the method choice `FF`.
+    pub fn reply(&self) -> Reply {
+        match self {
+            SocksError::AddressType(_) => Reply::AddressTypeNotSupported,
+            // A name that cannot be looked up.
+            SocksError::EmptyDomain => Reply::HostUnreachable,
+            SocksError::Version(_) | SocksError::NoMethods | SocksError::Malformed => {
+                Reply::GeneralFailure
+            }
+        }
+    }
 }
 
 /// A destination as SOCKS5 carries it.
@@ -237,14 +315,27 @@ pub fn write_connect(out: &mut Vec<u8>, addr: &Addr) {
     write_addr(out, addr);
 }
 
-/// Appends a reply with `rep` and the bound address.
-pub fn write_reply(out: &mut Vec<u8>, rep: u8, bound: SocketAddr) {
-    out.extend_from_slice(&[VERSION, rep, 0x00]);
-    write_addr(out, &Addr::Ip(bound));
+/// Appends a reply with the bound address: an IP address, or a name (the
+/// agent passes on what its server bound, which may be one).
+pub fn write_reply(out: &mut Vec<u8>, rep: Reply, bound: &Addr) {
+    out.extend_from_slice(&[VERSION, rep.code(), 0x00]);
+    write_addr(out, bound);
+}
+
+/// Appends a failure reply: its bound address means nothing, so it is
+/// [`UNSPECIFIED`].
+pub fn write_failure(out: &mut Vec<u8>, rep: Reply) {
+    write_reply(out, rep, &Addr::Ip(UNSPECIFIED));
 }
 
 /// The bound address used in failure replies: `0.0.0.0:0`.
 pub const UNSPECIFIED: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+/// Appends an RFC 1929 status: [`USER_PASS_SUCCESS`] or
+/// [`USER_PASS_FAILURE`].
+pub fn write_user_pass_status(out: &mut Vec<u8>, status: u8) {
+    out.extend_from_slice(&[USER_PASS_VERSION, status]);
+}
 
 /// Parses a server's method choice: `Done(method, 2)`.
 pub fn parse_choice(buf: &[u8]) -> Result<Parse<u8>, SocksError> {
@@ -255,15 +346,22 @@ pub fn parse_choice(buf: &[u8]) -> Result<Parse<u8>, SocksError> {
     }
 }
 
-/// A server's reply: the code and the bound address.
+/// A server's reply: the code as sent and the bound address.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub struct ServerReply {
     pub rep: u8,
     pub bound: Addr,
 }
 
+impl ServerReply {
+    /// The code, as a [`Reply`].
+    pub fn reply(&self) -> Reply {
+        Reply::from(self.rep)
+    }
+}
+
 /// Parses a server's reply to a request.
-pub fn parse_reply(buf: &[u8]) -> Result<Parse<Reply>, SocksError> {
+pub fn parse_reply(buf: &[u8]) -> Result<Parse<ServerReply>, SocksError> {
     let Some(&ver) = buf.first() else {
         return Ok(Parse::Incomplete);
     };
@@ -276,7 +374,7 @@ pub fn parse_reply(buf: &[u8]) -> Result<Parse<Reply>, SocksError> {
     if buf.len() < 4 {
         return Ok(Parse::Incomplete);
     }
-    Ok(parse_addr(&buf[3..])?.map_used(3, |bound| Reply { rep, bound }))
+    Ok(parse_addr(&buf[3..])?.map_used(3, |bound| ServerReply { rep, bound }))
 }
 
 /// RFC 1929 username/password request: `01 ULEN UNAME PLEN PASSWD`.
@@ -291,7 +389,7 @@ pub fn parse_user_pass(buf: &[u8]) -> Result<Parse<UserPass>, SocksError> {
     let Some(&ver) = buf.first() else {
         return Ok(Parse::Incomplete);
     };
-    if ver != 0x01 {
+    if ver != USER_PASS_VERSION {
         return Err(SocksError::Version(ver));
     }
     let Some(&ulen) = buf.get(1) else {
@@ -368,11 +466,15 @@ mod tests {
             ))
         );
         let mut out = Vec::new();
-        write_reply(&mut out, REP_SUCCEEDED, "0.0.0.0:18000".parse().unwrap());
+        write_reply(
+            &mut out,
+            Reply::Succeeded,
+            &Addr::Ip("0.0.0.0:18000".parse().unwrap()),
+        );
         assert_eq!(out, [5, 0, 0, 1, 0, 0, 0, 0, 0x46, 0x50]);
         assert!(matches!(
             parse_reply(&out),
-            Ok(Parse::Done(Reply { rep: 0, .. }, 10))
+            Ok(Parse::Done(ServerReply { rep: 0, .. }, 10))
         ));
         assert_eq!(parse_choice(&[5]), Ok(Parse::Incomplete));
         assert_eq!(parse_choice(&[5, 0xff]), Ok(Parse::Done(0xff, 2)));
@@ -387,5 +489,99 @@ mod tests {
                 6
             ))
         );
+    }
+
+    /// Replies byte for byte. The IPv4 one is the reference transcripts'
+    /// (`connect-ipv4.txt`: vproxy's server answers `0.0.0.0` and the
+    /// requested port); the domain one carries its name as the request in
+    /// `connect-domain.txt` does, with REP where CMD was.
+    #[test]
+    fn replies_with_every_address_type() {
+        let reply = |rep, bound: Addr| {
+            let mut out = Vec::new();
+            write_reply(&mut out, rep, &bound);
+            out
+        };
+        assert_eq!(
+            reply(Reply::Succeeded, Addr::Ip("0.0.0.0:18000".parse().unwrap())),
+            [0x05, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0x46, 0x50]
+        );
+        assert_eq!(
+            reply(Reply::Succeeded, Addr::Domain(b"localhost".to_vec(), 18000)),
+            [
+                0x05, 0x00, 0x00, 0x03, 0x09, b'l', b'o', b'c', b'a', b'l', b'h', b'o', b's', b't',
+                0x46, 0x50
+            ]
+        );
+        assert_eq!(
+            reply(
+                Reply::Succeeded,
+                Addr::Ip("[2001:db8::1]:443".parse().unwrap())
+            ),
+            [
+                0x05, 0x00, 0x00, 0x04, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                0x01, 0x01, 0xbb
+            ]
+        );
+        let mut out = Vec::new();
+        write_failure(&mut out, Reply::ConnectionRefused);
+        assert_eq!(out, [0x05, 0x05, 0x00, 0x01, 0, 0, 0, 0, 0, 0]);
+        // What is written parses back, whatever the address type.
+        for bound in [
+            Addr::Domain(b"localhost".to_vec(), 18000),
+            Addr::Ip("[::1]:80".parse().unwrap()),
+        ] {
+            let out = reply(Reply::HostUnreachable, bound.clone());
+            let want = ServerReply { rep: 4, bound };
+            assert_eq!(parse_reply(&out), Ok(Parse::Done(want, out.len())));
+        }
+    }
+
+    #[test]
+    fn reply_codes_round_trip() {
+        let named = [
+            (Reply::Succeeded, 0x00),
+            (Reply::GeneralFailure, 0x01),
+            (Reply::NotAllowed, 0x02),
+            (Reply::NetworkUnreachable, 0x03),
+            (Reply::HostUnreachable, 0x04),
+            (Reply::ConnectionRefused, 0x05),
+            (Reply::TtlExpired, 0x06),
+            (Reply::CommandNotSupported, 0x07),
+            (Reply::AddressTypeNotSupported, 0x08),
+        ];
+        for (rep, code) in named {
+            assert_eq!((rep.code(), Reply::from(code)), (code, rep));
+        }
+        for code in 0x09..=0xff {
+            assert_eq!(Reply::from(code), Reply::Unassigned(code));
+            assert_eq!(Reply::from(code).code(), code);
+        }
+        let r = ServerReply {
+            rep: 0x02,
+            bound: Addr::Ip(UNSPECIFIED),
+        };
+        assert_eq!(r.reply(), Reply::NotAllowed);
+    }
+
+    #[test]
+    fn request_errors_map_to_one_reply_each() {
+        for (e, want) in [
+            (SocksError::AddressType(5), Reply::AddressTypeNotSupported),
+            (SocksError::EmptyDomain, Reply::HostUnreachable),
+            (SocksError::Version(4), Reply::GeneralFailure),
+            (SocksError::NoMethods, Reply::GeneralFailure),
+            (SocksError::Malformed, Reply::GeneralFailure),
+        ] {
+            assert_eq!(e.reply(), want, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn user_pass_status() {
+        let mut out = Vec::new();
+        write_user_pass_status(&mut out, USER_PASS_SUCCESS);
+        write_user_pass_status(&mut out, USER_PASS_FAILURE);
+        assert_eq!(out, [0x01, 0x00, 0x01, 0x01]);
     }
 }

@@ -345,7 +345,7 @@ pub fn assert_still_serving(server: SocketAddr) {
 }
 
 /// Reads a SOCKS5 reply after `have`; returns it and what followed.
-pub fn read_socks_reply(s: &mut TcpStream, mut have: Vec<u8>) -> (socks5::Reply, Vec<u8>) {
+pub fn read_socks_reply(s: &mut TcpStream, mut have: Vec<u8>) -> (socks5::ServerReply, Vec<u8>) {
     let mut chunk = [0u8; 512];
     loop {
         if let Parse::Done(r, used) = socks5::parse_reply(&have).expect("valid SOCKS5 reply") {

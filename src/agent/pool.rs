@@ -1,0 +1,183 @@
+//! One server of the agent and its pool of upgraded connections, waiting
+//! for a tunnel: refilled in the background and kept alive with the
+//! spec's PONG (`8A 00`) before their frame is sent; the dead are swept out.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use futures_lite::{AsyncReadExt, future};
+use smol::channel::{Receiver, Sender};
+
+use super::handshake::{Upgraded, upgrade};
+use crate::config::agent::Server;
+use crate::deadline::timeout;
+use crate::proto::ws;
+use crate::tls::Stream;
+
+/// A pooled connection and when it last sent a PONG.
+struct Pooled {
+    up: Upgraded,
+    last_pong: Instant,
+}
+
+/// Is a pooled connection still open? A conforming server sends nothing
+/// before our frame, so anything readable (data, EOF, error) means dead.
+fn still_open(s: &mut Stream) -> bool {
+    // A read that would block means nothing arrived: alive. TLS records
+    // without data (session tickets) are consumed by rustls and block too.
+    let mut b = [0u8; 1];
+    future::block_on(future::poll_once(s.read(&mut b))).is_none()
+}
+
+/// One server: its pool and health.
+pub struct Upstream {
+    pub server: Server,
+    healthy: AtomicBool,
+    /// Set when a reload replaced this server: its tasks end.
+    retired: AtomicBool,
+    pool: Mutex<VecDeque<Pooled>>,
+    wake: Sender<()>,
+    woken: Receiver<()>,
+}
+
+impl Upstream {
+    pub fn new(server: Server) -> Upstream {
+        let (wake, woken) = smol::channel::bounded(1);
+        Upstream {
+            server,
+            healthy: AtomicBool::new(true),
+            retired: AtomicBool::new(false),
+            pool: Mutex::new(VecDeque::new()),
+            wake,
+            woken,
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Stops the pool and health tasks and closes pooled connections.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let _ = self.wake.try_send(());
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Records a health state; logs changes.
+    pub fn set_health(&self, ok: bool, why: &str) {
+        let was = self.healthy.swap(ok, Ordering::Relaxed);
+        let s = &self.server;
+        match (was, ok) {
+            (true, false) => log::warn!("server {} ({}) is down: {why}", s.name, s.host_header),
+            (false, true) => log::info!("server {} ({}) is up again", s.name, s.host_header),
+            _ => {}
+        }
+    }
+
+    /// A live pooled connection, if any; wakes the refiller.
+    pub fn take_pooled(&self) -> Option<Upgraded> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = None;
+        while let Some(mut p) = pool.pop_front() {
+            if still_open(&mut p.up.stream) {
+                found = Some(p.up);
+                break;
+            }
+        }
+        drop(pool);
+        let _ = self.wake.try_send(());
+        found
+    }
+
+    fn pooled(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Keeps the pool at `size`, sends PONGs every `keepalive`, drops dead
+    /// entries; upgrades and PONGs each get `limit`. Runs until retired.
+    pub async fn maintain_pool(self: Arc<Self>, size: usize, keepalive: Duration, limit: Duration) {
+        let tick = keepalive.min(Duration::from_secs(5)) / 2;
+        let mut backoff = Duration::from_millis(250);
+        // When the pool was last swept. A take wakes this loop to refill;
+        // sweeping every pooled connection then too would cost a syscall
+        // per entry on every new tunnel.
+        let mut swept: Option<Instant> = None;
+        while !self.is_retired() {
+            if swept.is_none_or(|t| t.elapsed() >= tick) {
+                self.sweep(keepalive, limit).await;
+                swept = Some(Instant::now());
+            }
+            let mut failed = false;
+            while self.pooled() < size && !self.is_retired() {
+                match upgrade(&self.server, limit).await {
+                    Ok(up) => {
+                        self.set_health(true, "");
+                        backoff = Duration::from_millis(250);
+                        self.pool
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push_back(Pooled {
+                                up,
+                                last_pong: Instant::now(),
+                            });
+                    }
+                    Err(e) => {
+                        self.set_health(false, &e.to_string());
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            let wait = if failed {
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff
+            } else {
+                tick
+            };
+            // Until a take wakes us, or the wait is over.
+            let _ = timeout(Instant::now() + wait, self.woken.recv()).await;
+            if failed {
+                // A take should not hammer a down server: honour the backoff.
+                Timer::after(Duration::from_millis(50)).await;
+            }
+        }
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// PONGs for pooled connections that are due, each sent within
+    /// `limit`; drops the dead.
+    async fn sweep(&self, keepalive: Duration, limit: Duration) {
+        let due: Vec<Pooled> = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let all: Vec<Pooled> = pool.drain(..).collect();
+            let (due, fresh): (Vec<_>, Vec<_>) = all
+                .into_iter()
+                .partition(|p| p.last_pong.elapsed() >= keepalive);
+            pool.extend(
+                fresh
+                    .into_iter()
+                    .filter_map(|mut p| still_open(&mut p.up.stream).then_some(p)),
+            );
+            due
+        };
+        for mut p in due {
+            p.up.deadline = Instant::now() + limit;
+            let ok = still_open(&mut p.up.stream) && p.up.send(&ws::PONG).await.is_ok();
+            if ok {
+                p.last_pong = Instant::now();
+                self.pool
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(p);
+            }
+        }
+    }
+}
