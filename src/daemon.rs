@@ -18,6 +18,7 @@ use crate::admission::{Handshakes, Handshaking, Slots};
 use crate::config::agent::Agent;
 use crate::config::{self, Config, Server};
 use crate::log::NOTICE;
+use crate::shutdown::{Shutdown, Stage};
 use crate::systemd::{self, Activated};
 use crate::{agent, server};
 
@@ -92,8 +93,9 @@ fn unmapped(peer: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Accepts on `listener` until cancelled, one task per connection. The
-/// peer is handed on unmapped (see [`unmapped`]) to every log line.
+/// Accepts on `listener` until `stop` reaches [`Stage::Closed`], one task
+/// per connection, each handed `stop`. The peer is handed on unmapped (see
+/// [`unmapped`]) to every log line.
 async fn accept_loop(
     ex: Arc<Executor<'static>>,
     listener: TcpListener,
@@ -101,6 +103,24 @@ async fn accept_loop(
     live: Arc<Live>,
     slots: Arc<Slots>,
     handshakes: Arc<Handshakes>,
+    stop: Shutdown,
+) {
+    stop.until(Stage::Closed)
+        .or(accept_each(
+            ex, listener, role, live, slots, handshakes, &stop,
+        ))
+        .await;
+}
+
+/// [`accept_loop`]'s loop.
+async fn accept_each(
+    ex: Arc<Executor<'static>>,
+    listener: TcpListener,
+    role: Role,
+    live: Arc<Live>,
+    slots: Arc<Slots>,
+    handshakes: Arc<Handshakes>,
+    stop: &Shutdown,
 ) {
     let mut refused_logged = Instant::now() - Duration::from_secs(60);
     // Refusals are logged at most once a second, with how many since.
@@ -115,7 +135,9 @@ async fn accept_loop(
             refused = 0;
         }
     };
-    loop {
+    // Checked before each accept too: a flood of connections, each ready
+    // at once, must not keep the listener open past the stop.
+    while !stop.reached(Stage::Closed) {
         let (stream, peer) = match listener.accept().await {
             Ok((s, peer)) => (s, unmapped(peer)),
             Err(e) => {
@@ -160,11 +182,16 @@ async fn accept_loop(
             refuse(format!("max_connections ({max}) reached"), peer);
             continue;
         };
+        let stop = stop.clone();
         ex.spawn(async move {
             let _slot = slot;
             match (role, server, agent) {
-                (Role::Server, Some(cur), _) => server::serve(stream, peer, cur, admitted).await,
-                (Role::Agent(kind), _, Some(st)) => agent::serve(stream, peer, kind, st).await,
+                (Role::Server, Some(cur), _) => {
+                    server::serve(stream, peer, cur, admitted, stop).await
+                }
+                (Role::Agent(kind), _, Some(st)) => {
+                    agent::serve(stream, peer, kind, st, stop).await
+                }
                 _ => {}
             }
         })
@@ -447,6 +474,7 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
         // Each side counts its own connections against its own limit.
         let (server_slots, agent_slots) = (Arc::new(Slots::new()), Arc::new(Slots::new()));
         let handshakes = Arc::new(Handshakes::new());
+        let stop = Shutdown::new();
         let mut loops = Vec::new();
         let mut bound = Vec::new();
         for l in ls {
@@ -477,6 +505,7 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
                 live.clone(),
                 slots.clone(),
                 handshakes.clone(),
+                stop.clone(),
             )));
         }
         let all_slots = [server_slots.clone(), agent_slots.clone()];
@@ -532,12 +561,15 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
 
         // Stop accepting, close connections that carry no tunnel yet, then
         // let live tunnels finish for the grace period.
-        drop(loops);
+        stop.enter(Stage::Closed);
+        for l in loops {
+            l.await;
+        }
         // Counted before they go: connections that wait for their frame
         // close at once and are not part of the drain.
         let draining =
-            (server_slots.live() + agent_slots.live()).saturating_sub(server::waiting_for_frame());
-        server::begin_drain();
+            (server_slots.live() + agent_slots.live()).saturating_sub(stop.waiting_for_frame());
+        stop.enter(Stage::Draining);
         drop(status_task);
         let live_now = || server_slots.live() + agent_slots.live();
         log::info!(
@@ -568,7 +600,7 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
                 // FIN would pass a truncated transfer off as complete),
                 // each logging its line; give them a moment to do so.
                 log::warn!("shutdown grace over: cutting {n} connections still open");
-                crate::relay::cut_all();
+                stop.enter(Stage::Cut);
                 let until = Instant::now() + Duration::from_secs(1);
                 while live_now() > 0 && Instant::now() < until {
                     Timer::after(Duration::from_millis(10)).await;

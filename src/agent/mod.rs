@@ -23,6 +23,7 @@ use crate::proto::http::{self, HeadError};
 use crate::proto::proxy::{self, Body, Framing, FramingError, ProxyError, ProxyRequest, Scan};
 use crate::proto::socks5::{self, Addr, SocksError};
 use crate::relay;
+use crate::shutdown::Shutdown;
 use crate::tls::Stream;
 use crate::wire::{Gone, Wire, close_gracefully};
 use upstream::UpError;
@@ -316,8 +317,15 @@ fn local_auth_ok(users: &Users, user: &[u8], pass: &[u8]) -> bool {
     ok && want.is_some()
 }
 
-/// Serves one accepted local connection to the end and logs one line.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<State>) {
+/// Serves one accepted local connection to the end and logs one line; its
+/// relay is cut when `stop` says so.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    st: Arc<State>,
+    stop: Shutdown,
+) {
     let start = Instant::now();
     crate::dial::tune(&stream, peer);
     let mut local = Local::new(stream.clone(), start + st.cfg.timeouts.handshake.0);
@@ -360,7 +368,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
                 // servers: kernel autotuning, for the WAN leg's sake.
                 buffer: 0,
             };
-            let t = finish(&mut local, r, limits, to_remote, framing).await;
+            let t = finish(&mut local, r, limits, to_remote, framing, &stop).await;
             truncated = t.end.truncated();
             let secs = start.elapsed().as_secs_f64();
             log::info!(
@@ -401,6 +409,7 @@ async fn finish(
     limits: relay::Limits,
     mut to_remote: Vec<u8>,
     framing: Option<Framing>,
+    stop: &Shutdown,
 ) -> relay::Totals {
     let Reached {
         mut remote, early, ..
@@ -443,7 +452,14 @@ async fn finish(
         };
     }
     drop((early, to_remote));
-    let mut t = relay::relay_up_to(Stream::Plain(local.stream.clone()), remote, limits, rest).await;
+    let mut t = relay::relay_up_to(
+        Stream::Plain(local.stream.clone()),
+        remote,
+        limits,
+        rest,
+        stop,
+    )
+    .await;
     t.up += early_up;
     t.down += early_down;
     t
