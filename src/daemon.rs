@@ -9,14 +9,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
-use async_net::TcpListener;
+use async_net::{TcpListener, TcpStream};
 use async_signal::{Signal, Signals};
 use futures_lite::{FutureExt, StreamExt};
 use smol::Executor;
 
 use crate::admission::{Handshakes, Handshaking, Slots};
 use crate::config::agent::Agent;
-use crate::config::{self, Config, Server};
+use crate::config::{self, Config};
 use crate::log::NOTICE;
 use crate::shutdown::{Shutdown, Stage};
 use crate::systemd::{self, Activated};
@@ -40,12 +40,12 @@ impl std::fmt::Display for StartError {
     }
 }
 
-/// The configuration in force; a reload swaps whole snapshots, and each
+/// The configuration in force for each section this process serves (which
+/// ones is fixed at start); a reload swaps whole snapshots, and each
 /// connection keeps the snapshot it started with.
-pub struct Live {
-    /// The server's configuration; its presence is fixed at start.
+struct Live {
     server: Option<Arc<server::Current>>,
-    agent: RwLock<Option<Arc<agent::State>>>,
+    agent: Option<Arc<AgentLive>>,
     /// `shutdown_grace` in milliseconds, reloadable.
     grace_ms: std::sync::atomic::AtomicU64,
     /// Executor threads started; a restart applies a new count.
@@ -53,20 +53,90 @@ pub struct Live {
 }
 
 impl Live {
-    fn server(&self) -> Option<Arc<Server>> {
-        self.server.as_ref().map(|c| c.get())
-    }
-
-    fn agent(&self) -> Option<Arc<agent::State>> {
-        self.agent.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// What a listener for `role` serves: `listeners` makes sockets only
+    /// for the sections in the file, and so in `Live`.
+    fn service(&self, role: Role) -> Option<Service> {
+        match role {
+            Role::Server => self.server.clone().map(Service::Server),
+            Role::Agent(kind) => self.agent.clone().map(|a| Service::Agent(kind, a)),
+        }
     }
 }
 
-/// What a listener serves.
+/// The agent's state in force; a reload swaps it whole.
+struct AgentLive(RwLock<Arc<agent::State>>);
+
+impl AgentLive {
+    fn get(&self) -> Arc<agent::State> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `st` in force and retires the old state's pools.
+    fn set(&self, st: Arc<agent::State>) {
+        let old = std::mem::replace(&mut *self.0.write().unwrap_or_else(|e| e.into_inner()), st);
+        old.upstreams.retire();
+    }
+}
+
+/// What a listener is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Server,
     Agent(agent::Kind),
+}
+
+/// What a listener serves, with the configuration its connections read.
+enum Service {
+    Server(Arc<server::Current>),
+    Agent(agent::Kind, Arc<AgentLive>),
+}
+
+impl Service {
+    /// What a new connection starts with: the server reads its
+    /// configuration as each stage needs it; an agent connection keeps the
+    /// snapshot in force now to its end.
+    fn session(&self) -> Session {
+        match self {
+            Service::Server(cur) => Session::Server(cur.clone()),
+            Service::Agent(kind, a) => Session::Agent(*kind, a.get()),
+        }
+    }
+}
+
+/// One accepted connection's service and configuration.
+enum Session {
+    Server(Arc<server::Current>),
+    Agent(agent::Kind, Arc<agent::State>),
+}
+
+impl Session {
+    /// `max_connections`, and for the server its handshake budget (in
+    /// total, per source).
+    fn limits(&self) -> (usize, Option<(usize, usize)>) {
+        match self {
+            Session::Server(cur) => {
+                let s = cur.get();
+                (
+                    s.max_connections,
+                    Some((s.max_handshakes, s.max_handshakes_per_source)),
+                )
+            }
+            Session::Agent(_, st) => (st.cfg.max_connections, None),
+        }
+    }
+
+    async fn serve(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admitted: Handshaking,
+        stop: Shutdown,
+    ) {
+        match self {
+            Session::Server(cur) => server::serve(stream, peer, cur, admitted, stop).await,
+            Session::Agent(kind, st) => agent::serve(stream, peer, kind, st, stop).await,
+        }
+    }
 }
 
 /// Accept errors that mean "out of a resource for now" rather than "this
@@ -99,16 +169,13 @@ fn unmapped(peer: SocketAddr) -> SocketAddr {
 async fn accept_loop(
     ex: Arc<Executor<'static>>,
     listener: TcpListener,
-    role: Role,
-    live: Arc<Live>,
+    service: Service,
     slots: Arc<Slots>,
     handshakes: Arc<Handshakes>,
     stop: Shutdown,
 ) {
     stop.until(Stage::Closed)
-        .or(accept_each(
-            ex, listener, role, live, slots, handshakes, &stop,
-        ))
+        .or(accept_each(ex, listener, service, slots, handshakes, &stop))
         .await;
 }
 
@@ -116,8 +183,7 @@ async fn accept_loop(
 async fn accept_each(
     ex: Arc<Executor<'static>>,
     listener: TcpListener,
-    role: Role,
-    live: Arc<Live>,
+    service: Service,
     slots: Arc<Slots>,
     handshakes: Arc<Handshakes>,
     stop: &Shutdown,
@@ -150,23 +216,8 @@ async fn accept_each(
                 continue;
             }
         };
-        // The server reads its configuration as each stage needs it; an
-        // agent connection keeps the snapshot in force now to its end.
-        let (server, agent) = match role {
-            Role::Server => (live.server.clone(), None),
-            Role::Agent(_) => (None, live.agent()),
-        };
-        let (max, budget) = match (&server, &agent) {
-            (Some(s), _) => {
-                let s = s.get();
-                (
-                    s.max_connections,
-                    Some((s.max_handshakes, s.max_handshakes_per_source)),
-                )
-            }
-            (_, Some(a)) => (a.cfg.max_connections, None),
-            _ => continue,
-        };
+        let session = service.session();
+        let (max, budget) = session.limits();
         // Over a limit: close at once.
         let admitted = match budget {
             None => Handshaking::none(),
@@ -185,15 +236,7 @@ async fn accept_each(
         let stop = stop.clone();
         ex.spawn(async move {
             let _slot = slot;
-            match (role, server, agent) {
-                (Role::Server, Some(cur), _) => {
-                    server::serve(stream, peer, cur, admitted, stop).await
-                }
-                (Role::Agent(kind), _, Some(st)) => {
-                    agent::serve(stream, peer, kind, st, stop).await
-                }
-                _ => {}
-            }
+            session.serve(stream, peer, admitted, stop).await
         })
         .detach();
     }
@@ -333,11 +376,11 @@ fn open_agent(
 fn status_line(live: &Live, slots: &[Arc<Slots>]) -> String {
     let conns: usize = slots.iter().map(|s| s.live()).sum();
     let mut parts = vec![format!("{conns} connections")];
-    if let Some(s) = live.server() {
-        parts.push(format!("{} users", s.users.0.len()));
+    if let Some(s) = &live.server {
+        parts.push(format!("{} users", s.get().users.0.len()));
     }
-    if let Some(a) = live.agent() {
-        let (up, all) = a.upstreams.health();
+    if let Some(a) = &live.agent {
+        let (up, all) = a.get().upstreams.health();
         parts.push(format!("{up}/{all} servers healthy"));
     }
     parts.join(", ")
@@ -352,21 +395,33 @@ fn reload(
 ) -> Result<String, String> {
     let mut new = config::load(path).map_err(|e| e.to_string())?;
     let mut changes = Vec::new();
-    // Only the sections this process serves (`server`, `agent` or `run`).
-    let had_server = live.server().is_some();
-    let had_agent = live.agent().is_some();
-    if !had_server {
+    // Only the sections this process serves (`server`, `agent` or `run`),
+    // and each of them.
+    if live.server.is_none() {
         new.server = None;
     }
-    if !had_agent {
+    if live.agent.is_none() {
         new.agent = None;
     }
-    if had_server != new.server.is_some() || had_agent != new.agent.is_some() {
-        return Err("a section this process serves is gone from the file: restart to apply".into());
-    }
+    let threads = new.thread_count();
+    let gone = "a section this process serves is gone from the file: restart to apply";
+    let server = match (&live.server, new.server) {
+        (Some(cur), Some(s)) => Some((cur, s)),
+        (Some(_), None) => return Err(gone.into()),
+        (None, _) => None,
+    };
+    let agent = match (&live.agent, new.agent) {
+        (Some(cur), Some(a)) => Some((cur, a)),
+        (Some(_), None) => return Err(gone.into()),
+        (None, _) => None,
+    };
     // Listeners stay as bound until a restart, so the rule is checked
     // against them, not the file.
-    if let Some(addr) = open_agent(new.agent.as_ref(), bound.iter().map(|b| (b.0, b.1))) {
+    let open = open_agent(
+        agent.as_ref().map(|a| &a.1),
+        bound.iter().map(|b| (b.0, b.1)),
+    );
+    if let Some(addr) = open {
         return Err(format!(
             "agent listener {addr} is reachable beyond loopback: the file must keep agent.users"
         ));
@@ -374,42 +429,30 @@ fn reload(
     // Applied at once: level and grace. Where logs go, and listeners, are
     // kept until a restart.
     crate::log::set_level(new.log_level);
-    if new.thread_count() != live.threads {
+    if threads != live.threads {
         log::warn!("reload: threads changes take effect at the next restart");
     }
     live.grace_ms
         .store(new.shutdown_grace.as_millis() as u64, Ordering::Relaxed);
-    if let Some(s) = new.server {
-        let old = live.server().map(|o| o.listen.clone()).unwrap_or_default();
-        if old != s.listen && bound.iter().any(|b| b.0 == Role::Server && !b.2) {
+    if let Some((cur, s)) = server {
+        if cur.get().listen != s.listen && bound.iter().any(|b| b.0 == Role::Server && !b.2) {
             log::warn!("reload: server.listen changes take effect at the next restart");
         }
         changes.push(format!("{} users", s.users.0.len()));
-        if let Some(cur) = &live.server {
-            cur.set(s);
-        }
+        cur.set(s);
     }
-    if let Some(a) = new.agent {
-        if let Some(old) = live.agent()
-            && (old.cfg.socks5 != a.socks5 || old.cfg.http != a.http || old.cfg.mixed != a.mixed)
-        {
+    if let Some((cur, a)) = agent {
+        let old = cur.get();
+        if old.cfg.socks5 != a.socks5 || old.cfg.http != a.http || old.cfg.mixed != a.mixed {
             log::warn!("reload: agent listener changes take effect at the next restart");
         }
-        let upstreams = agent::upstream::start(&a, ex);
+        let st = agent::State::start(a, ex);
         changes.push(format!(
             "{} servers, {} rules",
-            a.servers.len(),
-            a.routes.len()
+            st.cfg.servers.len(),
+            st.cfg.routes.len()
         ));
-        let st = Arc::new(agent::State { cfg: a, upstreams });
-        let old = live
-            .agent
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(st);
-        if let Some(old) = old {
-            old.upstreams.retire();
-        }
+        cur.set(st);
     }
     Ok(changes.join(", "))
 }
@@ -462,15 +505,12 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
     smol::block_on(ex.run(async {
         let live = Arc::new(Live {
             server: cfg.server.map(server::Current::new),
-            agent: RwLock::new(None),
+            agent: cfg
+                .agent
+                .map(|a| Arc::new(AgentLive(RwLock::new(agent::State::start(a, &ex))))),
             grace_ms: (grace.as_millis() as u64).into(),
             threads,
         });
-        if let Some(a) = cfg.agent {
-            let upstreams = agent::upstream::start(&a, &ex);
-            *live.agent.write().unwrap_or_else(|e| e.into_inner()) =
-                Some(Arc::new(agent::State { cfg: a, upstreams }));
-        }
         // Each side counts its own connections against its own limit.
         let (server_slots, agent_slots) = (Arc::new(Slots::new()), Arc::new(Slots::new()));
         let handshakes = Arc::new(Handshakes::new());
@@ -498,11 +538,13 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
                 &agent_slots
             };
             let listener = TcpListener::try_from(l.socket).map_err(StartError::Os)?;
+            let Some(service) = live.service(l.role) else {
+                continue;
+            };
             loops.push(ex.spawn(accept_loop(
                 ex.clone(),
                 listener,
-                l.role,
-                live.clone(),
+                service,
                 slots.clone(),
                 handshakes.clone(),
                 stop.clone(),

@@ -43,6 +43,15 @@ pub struct State {
     pub upstreams: upstream::Upstreams,
 }
 
+impl State {
+    /// The state for `cfg`, its upstream pools and health checks running on
+    /// `ex` (at start, and for each reload).
+    pub fn start(cfg: Agent, ex: &smol::Executor<'static>) -> Arc<State> {
+        let upstreams = upstream::start(&cfg, ex);
+        Arc::new(State { cfg, upstreams })
+    }
+}
+
 /// Why a destination is not reached. Each maps to one SOCKS5 code and one
 /// HTTP status, in [`Refusal::socks`] and [`Refusal::http`].
 #[derive(Debug)]
