@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use async_io::Timer;
 use async_net::{TcpListener, TcpStream};
 use async_signal::{Signal, Signals};
 use futures_lite::{FutureExt, StreamExt};
-use smol::Executor;
+use smol::{Executor, Task};
 
 use crate::admission::{Handshakes, Handshaking, Slots};
 use crate::config::agent::Agent;
@@ -486,11 +487,32 @@ fn raise_nofile(cfg: &Config) {
     }
 }
 
+/// A started daemon: what it serves, and what its drain needs.
+struct Running {
+    ex: Arc<Executor<'static>>,
+    path: PathBuf,
+    live: Arc<Live>,
+    /// The server's and the agent's connections: each side counts its own
+    /// against its own limit.
+    slots: [Arc<Slots>; 2],
+    /// Each listener's role, address, and whether systemd passed it.
+    bound: Vec<(Role, SocketAddr, bool)>,
+    stop: Shutdown,
+    loops: Vec<Task<()>>,
+    /// Keeps STATUS= current.
+    status: Task<()>,
+    /// Feeds the watchdog, when systemd asked for it.
+    watchdog: Option<Task<()>>,
+    /// `shutdown_grace` as the file said at start, for the stopping line.
+    grace_at_start: Duration,
+}
+
 /// Runs the loaded sections until SIGTERM or SIGINT, then drains.
 pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
     raise_nofile(&cfg);
     let ls = listeners(&cfg, &mut act)?;
-    let signals = Signals::new([Signal::Hup, Signal::Term, Signal::Int]).map_err(StartError::Os)?;
+    let mut signals =
+        Signals::new([Signal::Hup, Signal::Term, Signal::Int]).map_err(StartError::Os)?;
     let ex = Arc::new(Executor::new());
     let threads = cfg.thread_count();
     for i in 1..threads {
@@ -500,156 +522,188 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
             .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))
             .map_err(StartError::Os)?;
     }
-    let path = cfg.path.clone();
-    let grace = cfg.shutdown_grace;
     smol::block_on(ex.run(async {
-        let live = Arc::new(Live {
-            server: cfg.server.map(server::Current::new),
-            agent: cfg
-                .agent
-                .map(|a| Arc::new(AgentLive(RwLock::new(agent::State::start(a, &ex))))),
-            grace_ms: (grace.as_millis() as u64).into(),
-            threads,
-        });
-        // Each side counts its own connections against its own limit.
-        let (server_slots, agent_slots) = (Arc::new(Slots::new()), Arc::new(Slots::new()));
-        let handshakes = Arc::new(Handshakes::new());
-        let stop = Shutdown::new();
-        let mut loops = Vec::new();
-        let mut bound = Vec::new();
-        for l in ls {
-            let addr = l.socket.local_addr().map_err(StartError::Os)?;
-            let what = match l.role {
-                Role::Server => "server",
-                Role::Agent(agent::Kind::Socks5) => "agent socks5",
-                Role::Agent(agent::Kind::Http) => "agent http",
-                Role::Agent(agent::Kind::Mixed) => "agent mixed",
-            };
-            let how = if l.from_systemd {
-                " (socket from systemd)"
-            } else {
-                ""
-            };
-            log::info!("{what} listening on {addr}{how}");
-            bound.push((l.role, addr, l.from_systemd));
-            let slots = if l.role == Role::Server {
-                &server_slots
-            } else {
-                &agent_slots
-            };
-            let listener = TcpListener::try_from(l.socket).map_err(StartError::Os)?;
-            let Some(service) = live.service(l.role) else {
-                continue;
-            };
-            loops.push(ex.spawn(accept_loop(
-                ex.clone(),
-                listener,
-                service,
-                slots.clone(),
-                handshakes.clone(),
-                stop.clone(),
-            )));
-        }
-        let all_slots = [server_slots.clone(), agent_slots.clone()];
-        let first = status_line(&live, &all_slots);
-        systemd::ready(&first);
-
-        // Keep STATUS= current and feed the watchdog.
-        let status_task = {
-            let (live, all_slots) = (live.clone(), all_slots.clone());
-            ex.spawn(async move {
-                let mut last = first;
-                loop {
-                    Timer::after(Duration::from_secs(2)).await;
-                    let now = status_line(&live, &all_slots);
-                    if now != last {
-                        systemd::status(&now);
-                        last = now;
-                    }
-                }
-            })
-        };
-        let _watchdog = systemd::watchdog_interval().map(|every| {
-            ex.spawn(async move {
-                loop {
-                    systemd::watchdog();
-                    Timer::after(every).await;
-                }
-            })
-        });
-
-        let mut signals = signals;
-        while let Some(sig) = signals.next().await {
-            match sig {
-                Ok(Signal::Hup) => {
-                    systemd::reloading();
-                    match reload(&path, &live, &ex, &bound) {
-                        Ok(what) => {
-                            log::info!("reloaded {}: {what}", path.display());
-                            systemd::ready(&status_line(&live, &all_slots));
-                        }
-                        Err(e) => {
-                            log::error!("reload failed, keeping the running configuration: {e}");
-                            systemd::ready(&format!(
-                                "reload failed, running the old configuration: {e}"
-                            ));
-                        }
-                    }
-                }
-                Ok(_) => break,
-                Err(e) => log::warn!("signal: {e}"),
-            }
-        }
-
-        // Stop accepting, close connections that carry no tunnel yet, then
-        // let live tunnels finish for the grace period.
-        stop.enter(Stage::Closed);
-        for l in loops {
-            l.await;
-        }
-        // Counted before they go: connections that wait for their frame
-        // close at once and are not part of the drain.
-        let draining =
-            (server_slots.live() + agent_slots.live()).saturating_sub(stop.waiting_for_frame());
-        stop.enter(Stage::Draining);
-        drop(status_task);
-        let live_now = || server_slots.live() + agent_slots.live();
-        log::info!(
-            "stopping: no longer accepting; draining {draining} connections for up to {grace:?}"
-        );
-        systemd::stopping(&format!("stopping: draining {draining} connections"));
-        let grace = Duration::from_millis(live.grace_ms.load(Ordering::Relaxed));
-        let deadline = Instant::now() + grace;
-        let drained = async {
-            while live_now() > 0 && Instant::now() < deadline {
-                Timer::after(Duration::from_millis(50)).await;
-            }
-        };
-        // A second SIGTERM or SIGINT ends the wait at once.
-        let again = async {
-            loop {
-                if let Some(Ok(Signal::Term | Signal::Int)) = signals.next().await {
-                    log::warn!("second stop signal: not waiting any longer");
-                    return;
-                }
-            }
-        };
-        drained.or(again).await;
-        match live_now() {
-            0 => log::info!("stopped"),
-            n => {
-                // Tunnels still open are cut with a reset on both sides (a
-                // FIN would pass a truncated transfer off as complete),
-                // each logging its line; give them a moment to do so.
-                log::warn!("shutdown grace over: cutting {n} connections still open");
-                stop.enter(Stage::Cut);
-                let until = Instant::now() + Duration::from_secs(1);
-                while live_now() > 0 && Instant::now() < until {
-                    Timer::after(Duration::from_millis(10)).await;
-                }
-                log::warn!("stopped after {grace:?}; cut {n} connections");
-            }
-        }
+        let d = start(cfg, ls, &ex, threads)?;
+        serve_until_signal(&d, &mut signals).await;
+        drain(d, &mut signals).await;
         Ok(())
     }))
+}
+
+/// Puts each section's configuration in force, spawns an accept loop per
+/// listener, and tells systemd the daemon is ready.
+fn start(
+    cfg: Config,
+    ls: Vec<Listener>,
+    ex: &Arc<Executor<'static>>,
+    threads: usize,
+) -> Result<Running, StartError> {
+    let live = Arc::new(Live {
+        server: cfg.server.map(server::Current::new),
+        agent: cfg
+            .agent
+            .map(|a| Arc::new(AgentLive(RwLock::new(agent::State::start(a, ex))))),
+        grace_ms: (cfg.shutdown_grace.as_millis() as u64).into(),
+        threads,
+    });
+    let slots = [Arc::new(Slots::new()), Arc::new(Slots::new())];
+    let handshakes = Arc::new(Handshakes::new());
+    let stop = Shutdown::new();
+    let mut loops = Vec::new();
+    let mut bound = Vec::new();
+    for l in ls {
+        let addr = l.socket.local_addr().map_err(StartError::Os)?;
+        let what = match l.role {
+            Role::Server => "server",
+            Role::Agent(agent::Kind::Socks5) => "agent socks5",
+            Role::Agent(agent::Kind::Http) => "agent http",
+            Role::Agent(agent::Kind::Mixed) => "agent mixed",
+        };
+        let how = if l.from_systemd {
+            " (socket from systemd)"
+        } else {
+            ""
+        };
+        log::info!("{what} listening on {addr}{how}");
+        bound.push((l.role, addr, l.from_systemd));
+        let slots = match l.role {
+            Role::Server => &slots[0],
+            Role::Agent(_) => &slots[1],
+        };
+        let listener = TcpListener::try_from(l.socket).map_err(StartError::Os)?;
+        let Some(service) = live.service(l.role) else {
+            continue;
+        };
+        loops.push(ex.spawn(accept_loop(
+            ex.clone(),
+            listener,
+            service,
+            slots.clone(),
+            handshakes.clone(),
+            stop.clone(),
+        )));
+    }
+    let first = status_line(&live, &slots);
+    systemd::ready(&first);
+    let status = {
+        let (live, slots) = (live.clone(), slots.clone());
+        ex.spawn(async move {
+            let mut last = first;
+            loop {
+                Timer::after(Duration::from_secs(2)).await;
+                let now = status_line(&live, &slots);
+                if now != last {
+                    systemd::status(&now);
+                    last = now;
+                }
+            }
+        })
+    };
+    let watchdog = systemd::watchdog_interval().map(|every| {
+        ex.spawn(async move {
+            loop {
+                systemd::watchdog();
+                Timer::after(every).await;
+            }
+        })
+    });
+    Ok(Running {
+        ex: ex.clone(),
+        path: cfg.path,
+        live,
+        slots,
+        bound,
+        stop,
+        loops,
+        status,
+        watchdog,
+        grace_at_start: cfg.shutdown_grace,
+    })
+}
+
+/// Serves, reloading on each SIGHUP, until SIGTERM or SIGINT.
+async fn serve_until_signal(d: &Running, signals: &mut Signals) {
+    while let Some(sig) = signals.next().await {
+        match sig {
+            Ok(Signal::Hup) => {
+                systemd::reloading();
+                match reload(&d.path, &d.live, &d.ex, &d.bound) {
+                    Ok(what) => {
+                        log::info!("reloaded {}: {what}", d.path.display());
+                        systemd::ready(&status_line(&d.live, &d.slots));
+                    }
+                    Err(e) => {
+                        log::error!("reload failed, keeping the running configuration: {e}");
+                        systemd::ready(&format!(
+                            "reload failed, running the old configuration: {e}"
+                        ));
+                    }
+                }
+            }
+            Ok(_) => return,
+            Err(e) => log::warn!("signal: {e}"),
+        }
+    }
+}
+
+/// Stops accepting, closes connections that carry no tunnel yet, lets live
+/// tunnels finish for the grace period (or until a second stop signal),
+/// then cuts what is left.
+async fn drain(d: Running, signals: &mut Signals) {
+    let Running {
+        live,
+        slots,
+        stop,
+        loops,
+        status,
+        watchdog: _watchdog,
+        grace_at_start,
+        ..
+    } = d;
+    stop.enter(Stage::Closed);
+    for l in loops {
+        l.await;
+    }
+    // Counted before they go: connections that wait for their frame
+    // close at once and are not part of the drain.
+    let open = || slots.iter().map(|s| s.live()).sum::<usize>();
+    let draining = open().saturating_sub(stop.waiting_for_frame());
+    stop.enter(Stage::Draining);
+    drop(status);
+    log::info!(
+        "stopping: no longer accepting; draining {draining} connections for up to {grace_at_start:?}"
+    );
+    systemd::stopping(&format!("stopping: draining {draining} connections"));
+    let grace = Duration::from_millis(live.grace_ms.load(Ordering::Relaxed));
+    let deadline = Instant::now() + grace;
+    let drained = async {
+        while open() > 0 && Instant::now() < deadline {
+            Timer::after(Duration::from_millis(50)).await;
+        }
+    };
+    // A second SIGTERM or SIGINT ends the wait at once.
+    let again = async {
+        loop {
+            if let Some(Ok(Signal::Term | Signal::Int)) = signals.next().await {
+                log::warn!("second stop signal: not waiting any longer");
+                return;
+            }
+        }
+    };
+    drained.or(again).await;
+    match open() {
+        0 => log::info!("stopped"),
+        n => {
+            // Tunnels still open are cut with a reset on both sides (a
+            // FIN would pass a truncated transfer off as complete),
+            // each logging its line; give them a moment to do so.
+            log::warn!("shutdown grace over: cutting {n} connections still open");
+            stop.enter(Stage::Cut);
+            let until = Instant::now() + Duration::from_secs(1);
+            while open() > 0 && Instant::now() < until {
+                Timer::after(Duration::from_millis(10)).await;
+            }
+            log::warn!("stopped after {grace:?}; cut {n} connections");
+        }
+    }
 }
