@@ -288,7 +288,7 @@ fn listeners(cfg: &Config, act: &mut Activated) -> Result<Vec<Listener>, StartEr
             continue;
         }
         for a in addrs {
-            let socket = systemd::bind(a).map_err(|e| {
+            let socket = bind(a).map_err(|e| {
                 StartError::Os(io::Error::new(
                     e.kind(),
                     format!("cannot listen on {a}: {e}"),
@@ -318,6 +318,22 @@ fn listeners(cfg: &Config, act: &mut Activated) -> Result<Vec<Listener>, StartEr
         )));
     }
     Ok(out)
+}
+
+/// Binds `addr` the way a daemon should: SO_REUSEADDR, IPv6 sockets
+/// dual-stack unless the address is a specific one, non-blocking.
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `[::]` serves IPv4 too; a specific IPv6 address only itself.
+        sock.set_only_v6(!addr.ip().is_unspecified())?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
 }
 
 /// When systemd's sockets for `role` are not the addresses its `listen`
