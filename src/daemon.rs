@@ -601,28 +601,8 @@ fn start(
     }
     let first = status_line(&live, &slots);
     systemd::ready(&first);
-    let status = {
-        let (live, slots) = (live.clone(), slots.clone());
-        ex.spawn(async move {
-            let mut last = first;
-            loop {
-                Timer::after(Duration::from_secs(2)).await;
-                let now = status_line(&live, &slots);
-                if now != last {
-                    systemd::status(&now);
-                    last = now;
-                }
-            }
-        })
-    };
-    let watchdog = systemd::watchdog_interval().map(|every| {
-        ex.spawn(async move {
-            loop {
-                systemd::watchdog();
-                Timer::after(every).await;
-            }
-        })
-    });
+    let status = ex.spawn(keep_status(first, live.clone(), slots.clone()));
+    let watchdog = systemd::watchdog_interval().map(|every| ex.spawn(feed_watchdog(every)));
     Ok(Running {
         ex: ex.clone(),
         path: cfg.path,
@@ -635,6 +615,27 @@ fn start(
         watchdog,
         grace_at_start: cfg.shutdown_grace,
     })
+}
+
+/// Keeps STATUS= current, starting from the line sent with READY=1.
+async fn keep_status(first: String, live: Arc<Live>, slots: [Arc<Slots>; 2]) {
+    let mut last = first;
+    loop {
+        Timer::after(Duration::from_secs(2)).await;
+        let now = status_line(&live, &slots);
+        if now != last {
+            systemd::status(&now);
+            last = now;
+        }
+    }
+}
+
+/// Sends WATCHDOG=1 once every `every`.
+async fn feed_watchdog(every: Duration) {
+    loop {
+        systemd::watchdog();
+        Timer::after(every).await;
+    }
 }
 
 /// Serves, reloading on each SIGHUP, until SIGTERM or SIGINT.
