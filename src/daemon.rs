@@ -4,20 +4,22 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
-use async_net::TcpListener;
+use async_net::{TcpListener, TcpStream};
 use async_signal::{Signal, Signals};
 use futures_lite::{FutureExt, StreamExt};
-use smol::Executor;
+use smol::{Executor, Task};
 
 use crate::admission::{Handshakes, Handshaking, Slots};
 use crate::config::agent::Agent;
-use crate::config::{self, Config, Server};
+use crate::config::{self, Config};
 use crate::log::NOTICE;
+use crate::shutdown::{Shutdown, Stage};
 use crate::systemd::{self, Activated};
 use crate::{agent, server};
 
@@ -39,12 +41,12 @@ impl std::fmt::Display for StartError {
     }
 }
 
-/// The configuration in force; a reload swaps whole snapshots, and each
+/// The configuration in force for each section this process serves (which
+/// ones is fixed at start); a reload swaps whole snapshots, and each
 /// connection keeps the snapshot it started with.
-pub struct Live {
-    /// The server's configuration; its presence is fixed at start.
+struct Live {
     server: Option<Arc<server::Current>>,
-    agent: RwLock<Option<Arc<agent::State>>>,
+    agent: Option<Arc<AgentLive>>,
     /// `shutdown_grace` in milliseconds, reloadable.
     grace_ms: std::sync::atomic::AtomicU64,
     /// Executor threads started; a restart applies a new count.
@@ -52,20 +54,90 @@ pub struct Live {
 }
 
 impl Live {
-    fn server(&self) -> Option<Arc<Server>> {
-        self.server.as_ref().map(|c| c.get())
-    }
-
-    fn agent(&self) -> Option<Arc<agent::State>> {
-        self.agent.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// What a listener for `role` serves: `listeners` makes sockets only
+    /// for the sections in the file, and so in `Live`.
+    fn service(&self, role: Role) -> Option<Service> {
+        match role {
+            Role::Server => self.server.clone().map(Service::Server),
+            Role::Agent(kind) => self.agent.clone().map(|a| Service::Agent(kind, a)),
+        }
     }
 }
 
-/// What a listener serves.
+/// The agent's state in force; a reload swaps it whole.
+struct AgentLive(RwLock<Arc<agent::State>>);
+
+impl AgentLive {
+    fn get(&self) -> Arc<agent::State> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `st` in force and retires the old state's pools.
+    fn set(&self, st: Arc<agent::State>) {
+        let old = std::mem::replace(&mut *self.0.write().unwrap_or_else(|e| e.into_inner()), st);
+        old.upstreams.retire();
+    }
+}
+
+/// What a listener is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Server,
     Agent(agent::Kind),
+}
+
+/// What a listener serves, with the configuration its connections read.
+enum Service {
+    Server(Arc<server::Current>),
+    Agent(agent::Kind, Arc<AgentLive>),
+}
+
+impl Service {
+    /// What a new connection starts with: the server reads its
+    /// configuration as each stage needs it; an agent connection keeps the
+    /// snapshot in force now to its end.
+    fn session(&self) -> Session {
+        match self {
+            Service::Server(cur) => Session::Server(cur.clone()),
+            Service::Agent(kind, a) => Session::Agent(*kind, a.get()),
+        }
+    }
+}
+
+/// One accepted connection's service and configuration.
+enum Session {
+    Server(Arc<server::Current>),
+    Agent(agent::Kind, Arc<agent::State>),
+}
+
+impl Session {
+    /// `max_connections`, and for the server its handshake budget (in
+    /// total, per source).
+    fn limits(&self) -> (usize, Option<(usize, usize)>) {
+        match self {
+            Session::Server(cur) => {
+                let s = cur.get();
+                (
+                    s.max_connections,
+                    Some((s.max_handshakes, s.max_handshakes_per_source)),
+                )
+            }
+            Session::Agent(_, st) => (st.cfg.max_connections, None),
+        }
+    }
+
+    async fn serve(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admitted: Handshaking,
+        stop: Shutdown,
+    ) {
+        match self {
+            Session::Server(cur) => server::serve(stream, peer, cur, admitted, stop).await,
+            Session::Agent(kind, st) => agent::serve(stream, peer, kind, st, stop).await,
+        }
+    }
 }
 
 /// Accept errors that mean "out of a resource for now" rather than "this
@@ -92,15 +164,30 @@ fn unmapped(peer: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Accepts on `listener` until cancelled, one task per connection. The
-/// peer is handed on unmapped (see [`unmapped`]) to every log line.
+/// Accepts on `listener` until `stop` reaches [`Stage::Closed`], one task
+/// per connection, each handed `stop`. The peer is handed on unmapped (see
+/// [`unmapped`]) to every log line.
 async fn accept_loop(
     ex: Arc<Executor<'static>>,
     listener: TcpListener,
-    role: Role,
-    live: Arc<Live>,
+    service: Service,
     slots: Arc<Slots>,
     handshakes: Arc<Handshakes>,
+    stop: Shutdown,
+) {
+    stop.until(Stage::Closed)
+        .or(accept_each(ex, listener, service, slots, handshakes, &stop))
+        .await;
+}
+
+/// [`accept_loop`]'s loop.
+async fn accept_each(
+    ex: Arc<Executor<'static>>,
+    listener: TcpListener,
+    service: Service,
+    slots: Arc<Slots>,
+    handshakes: Arc<Handshakes>,
+    stop: &Shutdown,
 ) {
     let mut refused_logged = Instant::now() - Duration::from_secs(60);
     // Refusals are logged at most once a second, with how many since.
@@ -115,7 +202,9 @@ async fn accept_loop(
             refused = 0;
         }
     };
-    loop {
+    // Checked before each accept too: a flood of connections, each ready
+    // at once, must not keep the listener open past the stop.
+    while !stop.reached(Stage::Closed) {
         let (stream, peer) = match listener.accept().await {
             Ok((s, peer)) => (s, unmapped(peer)),
             Err(e) => {
@@ -128,23 +217,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        // The server reads its configuration as each stage needs it; an
-        // agent connection keeps the snapshot in force now to its end.
-        let (server, agent) = match role {
-            Role::Server => (live.server.clone(), None),
-            Role::Agent(_) => (None, live.agent()),
-        };
-        let (max, budget) = match (&server, &agent) {
-            (Some(s), _) => {
-                let s = s.get();
-                (
-                    s.max_connections,
-                    Some((s.max_handshakes, s.max_handshakes_per_source)),
-                )
-            }
-            (_, Some(a)) => (a.cfg.max_connections, None),
-            _ => continue,
-        };
+        let session = service.session();
+        let (max, budget) = session.limits();
         // Over a limit: close at once.
         let admitted = match budget {
             None => Handshaking::none(),
@@ -160,13 +234,10 @@ async fn accept_loop(
             refuse(format!("max_connections ({max}) reached"), peer);
             continue;
         };
+        let stop = stop.clone();
         ex.spawn(async move {
             let _slot = slot;
-            match (role, server, agent) {
-                (Role::Server, Some(cur), _) => server::serve(stream, peer, cur, admitted).await,
-                (Role::Agent(kind), _, Some(st)) => agent::serve(stream, peer, kind, st).await,
-                _ => {}
-            }
+            session.serve(stream, peer, admitted, stop).await
         })
         .detach();
     }
@@ -217,7 +288,7 @@ fn listeners(cfg: &Config, act: &mut Activated) -> Result<Vec<Listener>, StartEr
             continue;
         }
         for a in addrs {
-            let socket = systemd::bind(a).map_err(|e| {
+            let socket = bind(a).map_err(|e| {
                 StartError::Os(io::Error::new(
                     e.kind(),
                     format!("cannot listen on {a}: {e}"),
@@ -247,6 +318,22 @@ fn listeners(cfg: &Config, act: &mut Activated) -> Result<Vec<Listener>, StartEr
         )));
     }
     Ok(out)
+}
+
+/// Binds `addr` the way a daemon should: SO_REUSEADDR, IPv6 sockets
+/// dual-stack unless the address is a specific one, non-blocking.
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `[::]` serves IPv4 too; a specific IPv6 address only itself.
+        sock.set_only_v6(!addr.ip().is_unspecified())?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
 }
 
 /// When systemd's sockets for `role` are not the addresses its `listen`
@@ -306,11 +393,11 @@ fn open_agent(
 fn status_line(live: &Live, slots: &[Arc<Slots>]) -> String {
     let conns: usize = slots.iter().map(|s| s.live()).sum();
     let mut parts = vec![format!("{conns} connections")];
-    if let Some(s) = live.server() {
-        parts.push(format!("{} users", s.users.0.len()));
+    if let Some(s) = &live.server {
+        parts.push(format!("{} users", s.get().users.0.len()));
     }
-    if let Some(a) = live.agent() {
-        let (up, all) = a.upstreams.health();
+    if let Some(a) = &live.agent {
+        let (up, all) = a.get().upstreams.health();
         parts.push(format!("{up}/{all} servers healthy"));
     }
     parts.join(", ")
@@ -325,21 +412,33 @@ fn reload(
 ) -> Result<String, String> {
     let mut new = config::load(path).map_err(|e| e.to_string())?;
     let mut changes = Vec::new();
-    // Only the sections this process serves (`server`, `agent` or `run`).
-    let had_server = live.server().is_some();
-    let had_agent = live.agent().is_some();
-    if !had_server {
+    // Only the sections this process serves (`server`, `agent` or `run`),
+    // and each of them.
+    if live.server.is_none() {
         new.server = None;
     }
-    if !had_agent {
+    if live.agent.is_none() {
         new.agent = None;
     }
-    if had_server != new.server.is_some() || had_agent != new.agent.is_some() {
-        return Err("a section this process serves is gone from the file: restart to apply".into());
-    }
+    let threads = new.thread_count();
+    let gone = "a section this process serves is gone from the file: restart to apply";
+    let server = match (&live.server, new.server) {
+        (Some(cur), Some(s)) => Some((cur, s)),
+        (Some(_), None) => return Err(gone.into()),
+        (None, _) => None,
+    };
+    let agent = match (&live.agent, new.agent) {
+        (Some(cur), Some(a)) => Some((cur, a)),
+        (Some(_), None) => return Err(gone.into()),
+        (None, _) => None,
+    };
     // Listeners stay as bound until a restart, so the rule is checked
     // against them, not the file.
-    if let Some(addr) = open_agent(new.agent.as_ref(), bound.iter().map(|b| (b.0, b.1))) {
+    let open = open_agent(
+        agent.as_ref().map(|a| &a.1),
+        bound.iter().map(|b| (b.0, b.1)),
+    );
+    if let Some(addr) = open {
         return Err(format!(
             "agent listener {addr} is reachable beyond loopback: the file must keep agent.users"
         ));
@@ -347,42 +446,30 @@ fn reload(
     // Applied at once: level and grace. Where logs go, and listeners, are
     // kept until a restart.
     crate::log::set_level(new.log_level);
-    if new.thread_count() != live.threads {
+    if threads != live.threads {
         log::warn!("reload: threads changes take effect at the next restart");
     }
     live.grace_ms
         .store(new.shutdown_grace.as_millis() as u64, Ordering::Relaxed);
-    if let Some(s) = new.server {
-        let old = live.server().map(|o| o.listen.clone()).unwrap_or_default();
-        if old != s.listen && bound.iter().any(|b| b.0 == Role::Server && !b.2) {
+    if let Some((cur, s)) = server {
+        if cur.get().listen != s.listen && bound.iter().any(|b| b.0 == Role::Server && !b.2) {
             log::warn!("reload: server.listen changes take effect at the next restart");
         }
         changes.push(format!("{} users", s.users.0.len()));
-        if let Some(cur) = &live.server {
-            cur.set(s);
-        }
+        cur.set(s);
     }
-    if let Some(a) = new.agent {
-        if let Some(old) = live.agent()
-            && (old.cfg.socks5 != a.socks5 || old.cfg.http != a.http || old.cfg.mixed != a.mixed)
-        {
+    if let Some((cur, a)) = agent {
+        let old = cur.get();
+        if old.cfg.socks5 != a.socks5 || old.cfg.http != a.http || old.cfg.mixed != a.mixed {
             log::warn!("reload: agent listener changes take effect at the next restart");
         }
-        let upstreams = agent::group::start(&a, ex);
+        let st = agent::State::start(a, ex);
         changes.push(format!(
             "{} servers, {} rules",
-            a.servers.len(),
-            a.routes.len()
+            st.cfg.servers.len(),
+            st.cfg.routes.len()
         ));
-        let st = Arc::new(agent::State { cfg: a, upstreams });
-        let old = live
-            .agent
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(st);
-        if let Some(old) = old {
-            old.upstreams.retire();
-        }
+        cur.set(st);
     }
     Ok(changes.join(", "))
 }
@@ -416,11 +503,32 @@ fn raise_nofile(cfg: &Config) {
     }
 }
 
+/// A started daemon: what it serves, and what its drain needs.
+struct Running {
+    ex: Arc<Executor<'static>>,
+    path: PathBuf,
+    live: Arc<Live>,
+    /// The server's and the agent's connections: each side counts its own
+    /// against its own limit.
+    slots: [Arc<Slots>; 2],
+    /// Each listener's role, address, and whether systemd passed it.
+    bound: Vec<(Role, SocketAddr, bool)>,
+    stop: Shutdown,
+    loops: Vec<Task<()>>,
+    /// Keeps STATUS= current.
+    status: Task<()>,
+    /// Feeds the watchdog, when systemd asked for it.
+    watchdog: Option<Task<()>>,
+    /// `shutdown_grace` as the file said at start, for the stopping line.
+    grace_at_start: Duration,
+}
+
 /// Runs the loaded sections until SIGTERM or SIGINT, then drains.
 pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
     raise_nofile(&cfg);
     let ls = listeners(&cfg, &mut act)?;
-    let signals = Signals::new([Signal::Hup, Signal::Term, Signal::Int]).map_err(StartError::Os)?;
+    let mut signals =
+        Signals::new([Signal::Hup, Signal::Term, Signal::Int]).map_err(StartError::Os)?;
     let ex = Arc::new(Executor::new());
     let threads = cfg.thread_count();
     for i in 1..threads {
@@ -430,152 +538,189 @@ pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
             .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))
             .map_err(StartError::Os)?;
     }
-    let path = cfg.path.clone();
-    let grace = cfg.shutdown_grace;
     smol::block_on(ex.run(async {
-        let live = Arc::new(Live {
-            server: cfg.server.map(server::Current::new),
-            agent: RwLock::new(None),
-            grace_ms: (grace.as_millis() as u64).into(),
-            threads,
-        });
-        if let Some(a) = cfg.agent {
-            let upstreams = agent::group::start(&a, &ex);
-            *live.agent.write().unwrap_or_else(|e| e.into_inner()) =
-                Some(Arc::new(agent::State { cfg: a, upstreams }));
-        }
-        // Each side counts its own connections against its own limit.
-        let (server_slots, agent_slots) = (Arc::new(Slots::new()), Arc::new(Slots::new()));
-        let handshakes = Arc::new(Handshakes::new());
-        let mut loops = Vec::new();
-        let mut bound = Vec::new();
-        for l in ls {
-            let addr = l.socket.local_addr().map_err(StartError::Os)?;
-            let what = match l.role {
-                Role::Server => "server",
-                Role::Agent(agent::Kind::Socks5) => "agent socks5",
-                Role::Agent(agent::Kind::Http) => "agent http",
-                Role::Agent(agent::Kind::Mixed) => "agent mixed",
-            };
-            let how = if l.from_systemd {
-                " (socket from systemd)"
-            } else {
-                ""
-            };
-            log::info!("{what} listening on {addr}{how}");
-            bound.push((l.role, addr, l.from_systemd));
-            let slots = if l.role == Role::Server {
-                &server_slots
-            } else {
-                &agent_slots
-            };
-            let listener = TcpListener::try_from(l.socket).map_err(StartError::Os)?;
-            loops.push(ex.spawn(accept_loop(
-                ex.clone(),
-                listener,
-                l.role,
-                live.clone(),
-                slots.clone(),
-                handshakes.clone(),
-            )));
-        }
-        let all_slots = [server_slots.clone(), agent_slots.clone()];
-        let first = status_line(&live, &all_slots);
-        systemd::ready(&first);
-
-        // Keep STATUS= current and feed the watchdog.
-        let status_task = {
-            let (live, all_slots) = (live.clone(), all_slots.clone());
-            ex.spawn(async move {
-                let mut last = first;
-                loop {
-                    Timer::after(Duration::from_secs(2)).await;
-                    let now = status_line(&live, &all_slots);
-                    if now != last {
-                        systemd::status(&now);
-                        last = now;
-                    }
-                }
-            })
-        };
-        let _watchdog = systemd::watchdog_interval().map(|every| {
-            ex.spawn(async move {
-                loop {
-                    systemd::watchdog();
-                    Timer::after(every).await;
-                }
-            })
-        });
-
-        let mut signals = signals;
-        while let Some(sig) = signals.next().await {
-            match sig {
-                Ok(Signal::Hup) => {
-                    systemd::reloading();
-                    match reload(&path, &live, &ex, &bound) {
-                        Ok(what) => {
-                            log::info!("reloaded {}: {what}", path.display());
-                            systemd::ready(&status_line(&live, &all_slots));
-                        }
-                        Err(e) => {
-                            log::error!("reload failed, keeping the running configuration: {e}");
-                            systemd::ready(&format!(
-                                "reload failed, running the old configuration: {e}"
-                            ));
-                        }
-                    }
-                }
-                Ok(_) => break,
-                Err(e) => log::warn!("signal: {e}"),
-            }
-        }
-
-        // Stop accepting, close connections that carry no tunnel yet, then
-        // let live tunnels finish for the grace period.
-        drop(loops);
-        // Counted before they go: connections that wait for their frame
-        // close at once and are not part of the drain.
-        let draining =
-            (server_slots.live() + agent_slots.live()).saturating_sub(server::waiting_for_frame());
-        server::begin_drain();
-        drop(status_task);
-        let live_now = || server_slots.live() + agent_slots.live();
-        log::info!(
-            "stopping: no longer accepting; draining {draining} connections for up to {grace:?}"
-        );
-        systemd::stopping(&format!("stopping: draining {draining} connections"));
-        let grace = Duration::from_millis(live.grace_ms.load(Ordering::Relaxed));
-        let deadline = Instant::now() + grace;
-        let drained = async {
-            while live_now() > 0 && Instant::now() < deadline {
-                Timer::after(Duration::from_millis(50)).await;
-            }
-        };
-        // A second SIGTERM or SIGINT ends the wait at once.
-        let again = async {
-            loop {
-                if let Some(Ok(Signal::Term | Signal::Int)) = signals.next().await {
-                    log::warn!("second stop signal: not waiting any longer");
-                    return;
-                }
-            }
-        };
-        drained.or(again).await;
-        match live_now() {
-            0 => log::info!("stopped"),
-            n => {
-                // Tunnels still open are cut with a reset on both sides (a
-                // FIN would pass a truncated transfer off as complete),
-                // each logging its line; give them a moment to do so.
-                log::warn!("shutdown grace over: cutting {n} connections still open");
-                crate::relay::cut_all();
-                let until = Instant::now() + Duration::from_secs(1);
-                while live_now() > 0 && Instant::now() < until {
-                    Timer::after(Duration::from_millis(10)).await;
-                }
-                log::warn!("stopped after {grace:?}; cut {n} connections");
-            }
-        }
+        let d = start(cfg, ls, &ex, threads)?;
+        serve_until_signal(&d, &mut signals).await;
+        drain(d, &mut signals).await;
         Ok(())
     }))
+}
+
+/// Puts each section's configuration in force, spawns an accept loop per
+/// listener, and tells systemd the daemon is ready.
+fn start(
+    cfg: Config,
+    ls: Vec<Listener>,
+    ex: &Arc<Executor<'static>>,
+    threads: usize,
+) -> Result<Running, StartError> {
+    let live = Arc::new(Live {
+        server: cfg.server.map(server::Current::new),
+        agent: cfg
+            .agent
+            .map(|a| Arc::new(AgentLive(RwLock::new(agent::State::start(a, ex))))),
+        grace_ms: (cfg.shutdown_grace.as_millis() as u64).into(),
+        threads,
+    });
+    let slots = [Arc::new(Slots::new()), Arc::new(Slots::new())];
+    let handshakes = Arc::new(Handshakes::new());
+    let stop = Shutdown::new();
+    let mut loops = Vec::new();
+    let mut bound = Vec::new();
+    for l in ls {
+        let addr = l.socket.local_addr().map_err(StartError::Os)?;
+        let what = match l.role {
+            Role::Server => "server",
+            Role::Agent(agent::Kind::Socks5) => "agent socks5",
+            Role::Agent(agent::Kind::Http) => "agent http",
+            Role::Agent(agent::Kind::Mixed) => "agent mixed",
+        };
+        let how = if l.from_systemd {
+            " (socket from systemd)"
+        } else {
+            ""
+        };
+        log::info!("{what} listening on {addr}{how}");
+        bound.push((l.role, addr, l.from_systemd));
+        let slots = match l.role {
+            Role::Server => &slots[0],
+            Role::Agent(_) => &slots[1],
+        };
+        let listener = TcpListener::try_from(l.socket).map_err(StartError::Os)?;
+        let Some(service) = live.service(l.role) else {
+            continue;
+        };
+        loops.push(ex.spawn(accept_loop(
+            ex.clone(),
+            listener,
+            service,
+            slots.clone(),
+            handshakes.clone(),
+            stop.clone(),
+        )));
+    }
+    let first = status_line(&live, &slots);
+    systemd::ready(&first);
+    let status = ex.spawn(keep_status(first, live.clone(), slots.clone()));
+    let watchdog = systemd::watchdog_interval().map(|every| ex.spawn(feed_watchdog(every)));
+    Ok(Running {
+        ex: ex.clone(),
+        path: cfg.path,
+        live,
+        slots,
+        bound,
+        stop,
+        loops,
+        status,
+        watchdog,
+        grace_at_start: cfg.shutdown_grace,
+    })
+}
+
+/// Keeps STATUS= current, starting from the line sent with READY=1.
+async fn keep_status(first: String, live: Arc<Live>, slots: [Arc<Slots>; 2]) {
+    let mut last = first;
+    loop {
+        Timer::after(Duration::from_secs(2)).await;
+        let now = status_line(&live, &slots);
+        if now != last {
+            systemd::status(&now);
+            last = now;
+        }
+    }
+}
+
+/// Sends WATCHDOG=1 once every `every`.
+async fn feed_watchdog(every: Duration) {
+    loop {
+        systemd::watchdog();
+        Timer::after(every).await;
+    }
+}
+
+/// Serves, reloading on each SIGHUP, until SIGTERM or SIGINT.
+async fn serve_until_signal(d: &Running, signals: &mut Signals) {
+    while let Some(sig) = signals.next().await {
+        match sig {
+            Ok(Signal::Hup) => {
+                systemd::reloading();
+                match reload(&d.path, &d.live, &d.ex, &d.bound) {
+                    Ok(what) => {
+                        log::info!("reloaded {}: {what}", d.path.display());
+                        systemd::ready(&status_line(&d.live, &d.slots));
+                    }
+                    Err(e) => {
+                        log::error!("reload failed, keeping the running configuration: {e}");
+                        systemd::ready(&format!(
+                            "reload failed, running the old configuration: {e}"
+                        ));
+                    }
+                }
+            }
+            Ok(_) => return,
+            Err(e) => log::warn!("signal: {e}"),
+        }
+    }
+}
+
+/// Stops accepting, closes connections that carry no tunnel yet, lets live
+/// tunnels finish for the grace period (or until a second stop signal),
+/// then cuts what is left.
+async fn drain(d: Running, signals: &mut Signals) {
+    let Running {
+        live,
+        slots,
+        stop,
+        loops,
+        status,
+        watchdog: _watchdog,
+        grace_at_start,
+        ..
+    } = d;
+    stop.enter(Stage::Closed);
+    for l in loops {
+        l.await;
+    }
+    // Counted before they go: connections that wait for their frame
+    // close at once and are not part of the drain.
+    let open = || slots.iter().map(|s| s.live()).sum::<usize>();
+    let draining = open().saturating_sub(stop.waiting_for_frame());
+    stop.enter(Stage::Draining);
+    drop(status);
+    log::info!(
+        "stopping: no longer accepting; draining {draining} connections for up to {grace_at_start:?}"
+    );
+    systemd::stopping(&format!("stopping: draining {draining} connections"));
+    let grace = Duration::from_millis(live.grace_ms.load(Ordering::Relaxed));
+    let deadline = Instant::now() + grace;
+    let drained = async {
+        while open() > 0 && Instant::now() < deadline {
+            Timer::after(Duration::from_millis(50)).await;
+        }
+    };
+    // A second SIGTERM or SIGINT ends the wait at once.
+    let again = async {
+        loop {
+            if let Some(Ok(Signal::Term | Signal::Int)) = signals.next().await {
+                log::warn!("second stop signal: not waiting any longer");
+                return;
+            }
+        }
+    };
+    drained.or(again).await;
+    match open() {
+        0 => log::info!("stopped"),
+        n => {
+            // Tunnels still open are cut with a reset on both sides (a
+            // FIN would pass a truncated transfer off as complete),
+            // each logging its line; give them a moment to do so.
+            log::warn!("shutdown grace over: cutting {n} connections still open");
+            stop.enter(Stage::Cut);
+            let until = Instant::now() + Duration::from_secs(1);
+            while open() > 0 && Instant::now() < until {
+                Timer::after(Duration::from_millis(10)).await;
+            }
+            log::warn!("stopped after {grace:?}; cut {n} connections");
+        }
+    }
 }

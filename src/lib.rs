@@ -29,6 +29,7 @@ pub mod log;
 pub mod proto;
 pub mod relay;
 pub mod server;
+mod shutdown;
 pub mod systemd;
 pub mod tls;
 pub mod wire;

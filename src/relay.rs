@@ -13,6 +13,7 @@ use async_io::Timer;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt, future};
 
 use crate::proto::proxy::{Body, Scan};
+use crate::shutdown::{Shutdown, Stage};
 use crate::tls::Stream;
 
 /// Size of each direction's buffer.
@@ -77,30 +78,6 @@ fn bound(s: &async_net::TcpStream, bytes: usize) {
 /// whole send timeout (a client that sent its last bytes and left into a
 /// destination that does not read frees its buffers at once).
 const STALL_AFTER_CLOSE: Duration = Duration::from_secs(1);
-
-/// Set when the shutdown grace has run out: every relay ends with
-/// [`End::Cut`] and resets both sides.
-static CUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-static CUT_EVENT: event_listener::Event = event_listener::Event::new();
-
-/// Ends every live relay (see [`End::Cut`]).
-pub fn cut_all() {
-    CUT.store(true, Ordering::SeqCst);
-    CUT_EVENT.notify(usize::MAX);
-}
-
-async fn cut() {
-    loop {
-        if CUT.load(Ordering::SeqCst) {
-            return;
-        }
-        let l = CUT_EVENT.listen();
-        if CUT.load(Ordering::SeqCst) {
-            return;
-        }
-        l.await;
-    }
-}
 
 /// Resets `s` when it is closed (SO_LINGER 0): the peer sees
 /// ECONNRESET instead of a clean end of stream.
@@ -404,10 +381,11 @@ async fn pump(
 
 /// Relays between `client` and `dest` until both directions are done, one
 /// fails (then both are dropped, closing the sockets), or nothing moves for
-/// `idle`. Plain TCP on both sides goes through the kernel with splice(2)
-/// on Linux: no user-space copy, and no buffer held while a tunnel is idle.
-pub async fn relay(client: Stream, dest: Stream, t: Limits) -> Totals {
-    relay_up_to(client, dest, t, None).await
+/// `idle`, or `stop` reaches [`Stage::Cut`]. Plain TCP on both sides goes
+/// through the kernel with splice(2) on Linux: no user-space copy, and no
+/// buffer held while a tunnel is idle.
+pub async fn relay(client: Stream, dest: Stream, t: Limits, stop: &Shutdown) -> Totals {
+    relay_up_to(client, dest, t, None, stop).await
 }
 
 /// Copies a forwarded HTTP request's body from the client, up to the end
@@ -460,6 +438,7 @@ pub async fn relay_up_to(
     dest: Stream,
     t: Limits,
     up_limit: Option<Body>,
+    stop: &Shutdown,
 ) -> Totals {
     let epoch = Instant::now();
     let (up, down, last) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
@@ -591,7 +570,7 @@ pub async fn relay_up_to(
     let end = both
         .or(watchdog)
         .or(async {
-            cut().await;
+            stop.until(Stage::Cut).await;
             End::Cut
         })
         .await;

@@ -20,6 +20,7 @@ use crate::proto::socks5::{self, Addr, Reply, SocksError};
 use crate::proto::ws::{self, FrameError, UpgradeError};
 use crate::proto::{Parse, auth};
 use crate::relay::{self, Totals};
+use crate::shutdown::{Shutdown, Stage};
 use crate::tls::{self, Stream};
 use crate::wire::{Gone, Wire, close_gracefully};
 
@@ -130,36 +131,6 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Set when the daemon stops: connections still waiting for their frame (an
-/// agent's pooled connections) end at once instead of holding the drain
-/// for the whole grace period; tunnels are left to finish.
-static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-static STOP: event_listener::Event = event_listener::Event::new();
-
-/// Connections now waiting for their frame (pooled, not yet tunnels).
-static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// How many connections wait for their frame (they end at once on stop).
-pub fn waiting_for_frame() -> usize {
-    WAITING.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-/// Counts a connection as waiting while alive.
-struct Waiting;
-
-impl Waiting {
-    fn new() -> Waiting {
-        WAITING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Waiting
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        WAITING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// PONGs a waiting connection may send in one second. A keepalive needs
 /// one every few seconds at most; a burst after a stall may bring a few
 /// dozen at once. More is a flood: the connection is closed.
@@ -190,26 +161,6 @@ impl Current {
     pub fn set(&self, cfg: Server) {
         *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(cfg);
         self.swapped.notify(usize::MAX);
-    }
-}
-
-/// Starts the drain (see [`STOPPING`]).
-pub fn begin_drain() {
-    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
-    STOP.notify(usize::MAX);
-}
-
-/// Resolves once the drain has begun.
-async fn stopping() {
-    loop {
-        if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        let l = STOP.listen();
-        if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        l.await;
     }
 }
 
@@ -263,12 +214,14 @@ impl std::fmt::Display for Waited {
 
 /// Serves one accepted connection to the end and logs one line: TLS first
 /// when configured, then the handshake, then the relay. `admitted` is its
-/// place in the handshake budget, given up once it has authenticated.
+/// place in the handshake budget, given up once it has authenticated;
+/// `stop` ends it early when the daemon stops (see [`Stage`]).
 pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     current: Arc<Current>,
     mut admitted: Handshaking,
+    stop: Shutdown,
 ) {
     let start = Instant::now();
     let cfg = current.get();
@@ -305,8 +258,17 @@ pub async fn serve(
     let mut c = Conn::new(stream, deadline);
     // Relayed, or to be answered (maybe with nothing) and closed: the log
     // level, the reason for the line and the answer.
-    let result = match Box::pin(handshake(&mut c, &cfg, &current, &mut admitted, &mut rec)).await {
-        Ok(Granted::Tunnel(dest, t)) => Ok(relay_after(c, dest, t).await),
+    let result = match Box::pin(handshake(
+        &mut c,
+        &cfg,
+        &current,
+        &mut admitted,
+        &stop,
+        &mut rec,
+    ))
+    .await
+    {
+        Ok(Granted::Tunnel(dest, t)) => Ok(relay_after(c, dest, t, &stop).await),
         Ok(Granted::Health) => {
             let mut ok = Vec::new();
             http::write_response(&mut ok, 200, "OK", &[], "ok\n");
@@ -352,7 +314,7 @@ pub async fn serve(
 }
 
 /// Relays, starting with whatever the client sent early.
-async fn relay_after(c: Conn, mut dest: TcpStream, t: relay::Limits) -> Totals {
+async fn relay_after(c: Conn, mut dest: TcpStream, t: relay::Limits, stop: &Shutdown) -> Totals {
     let early = c.buf;
     let sent = early.len() as u64;
     if !early.is_empty()
@@ -366,7 +328,7 @@ async fn relay_after(c: Conn, mut dest: TcpStream, t: relay::Limits) -> Totals {
         };
     }
     drop(early);
-    let mut t = relay::relay(c.stream, Stream::Plain(dest), t).await;
+    let mut t = relay::relay(c.stream, Stream::Plain(dest), t, stop).await;
     t.up += sent;
     t
 }
@@ -394,6 +356,7 @@ async fn handshake(
     cfg: &Server,
     current: &Current,
     admitted: &mut Handshaking,
+    stop: &Shutdown,
     rec: &mut Record,
 ) -> Result<Granted, Failure> {
     // 1. HTTP head.
@@ -447,7 +410,7 @@ async fn handshake(
     // PONGs are consumed in bulk, at most PONGS_PER_SECOND a second; a
     // reload that removes the user (or changes the password) closes the
     // connection at once.
-    let waiting = Waiting::new();
+    let waiting = stop.waiting();
     let mut window = (Instant::now(), 0usize);
     c.deadline = Instant::now() + cfg.timeouts.idle.0;
     loop {
@@ -483,7 +446,7 @@ async fn handshake(
                 Woke::Reloaded
             })
             .or(async {
-                stopping().await;
+                stop.until(Stage::Draining).await;
                 Woke::Bytes(Err(Gone::Stopping))
             })
             .await;

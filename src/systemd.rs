@@ -3,7 +3,6 @@
 //! when the process was not started by systemd.
 
 use std::collections::HashMap;
-use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
@@ -142,20 +141,4 @@ pub fn watchdog() {
 /// Whether a notify socket is set (for tests and logs).
 pub fn notify_socket_set() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()
-}
-
-/// Binds `addr` the way a daemon should: SO_REUSEADDR, IPv6 sockets
-/// dual-stack unless the address is a specific one, non-blocking.
-pub fn bind(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
-    let domain = socket2::Domain::for_address(addr);
-    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    sock.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        // `[::]` serves IPv4 too; a specific IPv6 address only itself.
-        sock.set_only_v6(!addr.ip().is_unspecified())?;
-    }
-    sock.bind(&addr.into())?;
-    sock.listen(1024)?;
-    sock.set_nonblocking(true)?;
-    Ok(sock.into())
 }

@@ -27,6 +27,7 @@ use crate::proto::http::{self, HeadError};
 use crate::proto::proxy::{self, Body, Framing, FramingError, ProxyError, ProxyRequest, Scan};
 use crate::proto::socks5::{self, Addr, Reply, SocksError};
 use crate::relay;
+use crate::shutdown::Shutdown;
 use crate::tls::Stream;
 use crate::wire::{Gone, Wire, close_gracefully};
 use handshake::UpError;
@@ -44,6 +45,15 @@ pub enum Kind {
 pub struct State {
     pub cfg: Agent,
     pub upstreams: group::Upstreams,
+}
+
+impl State {
+    /// The state for `cfg`, its upstream pools and health checks running on
+    /// `ex` (at start, and for each reload).
+    pub fn start(cfg: Agent, ex: &smol::Executor<'static>) -> Arc<State> {
+        let upstreams = group::start(&cfg, ex);
+        Arc::new(State { cfg, upstreams })
+    }
 }
 
 /// Why a destination is not reached. Each maps to one SOCKS5 reply and one
@@ -316,8 +326,15 @@ fn local_auth_ok(users: &Users, user: &[u8], pass: &[u8]) -> bool {
     ok && want.is_some()
 }
 
-/// Serves one accepted local connection to the end and logs one line.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<State>) {
+/// Serves one accepted local connection to the end and logs one line; its
+/// relay is cut when `stop` says so.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    st: Arc<State>,
+    stop: Shutdown,
+) {
     let start = Instant::now();
     crate::dial::tune(&stream, peer);
     let mut local = Local::new(stream.clone(), start + st.cfg.timeouts.handshake.0);
@@ -375,7 +392,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, kind: Kind, st: Arc<Stat
                 // servers: kernel autotuning, for the WAN leg's sake.
                 buffer: 0,
             };
-            let t = finish(&mut local, r, limits, to_remote, framing).await;
+            let t = finish(&mut local, r, limits, to_remote, framing, &stop).await;
             truncated = t.end.truncated();
             let secs = start.elapsed().as_secs_f64();
             log::info!(
@@ -416,6 +433,7 @@ async fn finish(
     limits: relay::Limits,
     mut to_remote: Vec<u8>,
     framing: Option<Framing>,
+    stop: &Shutdown,
 ) -> relay::Totals {
     let Reached {
         mut remote, early, ..
@@ -458,7 +476,14 @@ async fn finish(
         };
     }
     drop((early, to_remote));
-    let mut t = relay::relay_up_to(Stream::Plain(local.stream.clone()), remote, limits, rest).await;
+    let mut t = relay::relay_up_to(
+        Stream::Plain(local.stream.clone()),
+        remote,
+        limits,
+        rest,
+        stop,
+    )
+    .await;
     t.up += early_up;
     t.down += early_down;
     t
