@@ -15,6 +15,8 @@ use crate::acl::{Acl, Rule};
 use crate::proto::auth;
 
 pub mod agent;
+#[cfg(test)]
+mod error_messages;
 
 /// A configuration error: where and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
