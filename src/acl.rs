@@ -233,7 +233,7 @@ impl Acl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Destinations;
+    use crate::config::DEFAULT_DENY;
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -241,7 +241,12 @@ mod tests {
 
     #[test]
     fn defaults_deny_local_and_metadata() {
-        let acl = Destinations::default().acl();
+        // The server's policy when `destinations:` is left out.
+        let acl = Acl {
+            allow: Vec::new(),
+            deny: DEFAULT_DENY.iter().map(|r| r.parse().unwrap()).collect(),
+            default_allow: true,
+        };
         for denied in [
             "127.0.0.1:80",
             "127.9.9.9:1",

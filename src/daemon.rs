@@ -307,7 +307,7 @@ fn status_line(live: &Live, slots: &[Arc<Slots>]) -> String {
     let conns: usize = slots.iter().map(|s| s.live()).sum();
     let mut parts = vec![format!("{conns} connections")];
     if let Some(s) = live.server() {
-        parts.push(format!("{} users", s.users.0.len()));
+        parts.push(format!("{} users", s.users.len()));
     }
     if let Some(a) = live.agent() {
         let (up, all) = a.upstreams.health();
@@ -357,7 +357,7 @@ fn reload(
         if old != s.listen && bound.iter().any(|b| b.0 == Role::Server && !b.2) {
             log::warn!("reload: server.listen changes take effect at the next restart");
         }
-        changes.push(format!("{} users", s.users.0.len()));
+        changes.push(format!("{} users", s.users.len()));
         if let Some(cur) = &live.server {
             cur.set(s);
         }

@@ -13,7 +13,7 @@ use futures_lite::{AsyncReadExt, FutureExt, future};
 use smol::channel::{Receiver, Sender};
 
 use crate::acl::Acl;
-use crate::config::agent::{Agent, Server};
+use crate::config::agent::{Agent, UpstreamServer};
 use crate::dial::{Asker, DialError};
 use crate::proto::socks5::{self, Addr, Reply};
 use crate::proto::{Parse, auth, http, ws};
@@ -107,7 +107,7 @@ pub struct Upgraded {
 /// `Connection: upgrade`, the accept value, exactly one `socks5`). Sends
 /// nothing more: the reference server drops bytes pipelined behind the
 /// request, so the frame waits for the 101.
-pub async fn upgrade(server: &Server, timeout: Duration) -> Result<Upgraded, UpError> {
+pub async fn upgrade(server: &UpstreamServer, timeout: Duration) -> Result<Upgraded, UpError> {
     within(Instant::now() + timeout, async {
         let url = &server.url;
         // The same connect as everywhere: every resolved address in turn,
@@ -132,7 +132,11 @@ pub async fn upgrade(server: &Server, timeout: Duration) -> Result<Upgraded, UpE
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw).map_err(|e| UpError::Connect(io::Error::other(e.to_string())))?;
         let key = ws::key_from(raw);
-        let authz = auth::authorization(&server.user, &server.digest.0, auth::minute_of(now_ms()));
+        let authz = auth::authorization(
+            &server.user,
+            server.digest.expose(),
+            auth::minute_of(now_ms()),
+        );
         let mut req = Vec::with_capacity(300);
         http::write_upgrade_request(&mut req, &url.path, &server.host_header, &key, &authz);
         s.send_all(&req).await.map_err(UpError::Connect)?;
@@ -238,7 +242,7 @@ fn still_open(s: &mut Stream) -> bool {
 
 /// One server: its pool and health.
 pub struct Upstream {
-    pub server: Server,
+    pub server: UpstreamServer,
     healthy: AtomicBool,
     /// Set when a reload replaced this server: its tasks end.
     retired: AtomicBool,
@@ -248,7 +252,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(server: Server) -> Upstream {
+    pub fn new(server: UpstreamServer) -> Upstream {
         let (wake, woken) = smol::channel::bounded(1);
         Upstream {
             server,
@@ -560,14 +564,14 @@ pub fn start(cfg: &Agent, ex: &smol::Executor<'static>) -> Upstreams {
         if cfg.pool.size > 0 {
             ex.spawn(up.clone().maintain_pool(
                 cfg.pool.size,
-                cfg.pool.keepalive.0,
-                cfg.timeouts.connect.0,
+                cfg.pool.keepalive,
+                cfg.timeouts.connect,
             ))
             .detach();
         }
         ex.spawn(
             up.clone()
-                .health_loop(cfg.health.interval.0, cfg.health.timeout.0),
+                .health_loop(cfg.health.interval, cfg.health.timeout),
         )
         .detach();
     }
