@@ -184,6 +184,24 @@ fn name_line(text: &str, name: &str, nth: usize) -> Option<usize> {
         .map(|(i, _)| i + 1)
 }
 
+/// The server's users file and its text; unreadable, the error points at
+/// the key that names it.
+fn users_file(f: &Path, src: &Source) -> Result<(Vec<User>, String), ConfigError> {
+    load_users_file(f).map_err(|e| match e.line {
+        None => ConfigError {
+            file: src.path.to_path_buf(),
+            line: locate(src.text, "server.users_file"),
+            key: "server.users_file".into(),
+            msg: format!(
+                "cannot read {}: {}",
+                f.display(),
+                e.msg.trim_start_matches("cannot read: ")
+            ),
+        },
+        Some(_) => e,
+    })
+}
+
 /// Merges the server's inline users and its users file (`file`, as
 /// resolved) into one table; names must be unique across both.
 pub(super) fn server_users(
@@ -192,20 +210,7 @@ pub(super) fn server_users(
     src: &Source,
 ) -> Result<Users, ConfigError> {
     let (from_file, file_text) = match file {
-        Some(f) => load_users_file(f).map_err(|e| match e.line {
-            // Unreadable: point at the key that names it.
-            None => ConfigError {
-                file: src.path.to_path_buf(),
-                line: locate(src.text, "server.users_file"),
-                key: "server.users_file".into(),
-                msg: format!(
-                    "cannot read {}: {}",
-                    f.display(),
-                    e.msg.trim_start_matches("cannot read: ")
-                ),
-            },
-            Some(_) => e,
-        })?,
+        Some(f) => users_file(f, src)?,
         None => (Vec::new(), String::new()),
     };
     let mut users = Users::default();
