@@ -5,6 +5,7 @@
 //! is checked as that IPv4 address as well.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
 
 /// One rule: an optional network and an optional port range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,10 +15,6 @@ pub struct Rule {
 }
 
 impl Rule {
-    pub fn new(net: Option<(IpAddr, u8)>, ports: Option<(u16, u16)>) -> Rule {
-        Rule { net, ports }
-    }
-
     pub fn matches(&self, addr: SocketAddr) -> bool {
         let ip = canonical(addr.ip());
         let net_ok = match self.net {
@@ -29,6 +26,80 @@ impl Rule {
             Some((a, b)) => (a..=b).contains(&addr.port()),
         };
         net_ok && port_ok
+    }
+}
+
+/// Parses `IP`, `IP/len`, `IP/len:ports`, `[v6/len]:ports`, `*:ports`, where
+/// ports is `N` or `N-M`.
+impl FromStr for Rule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "`{s}` is not a rule like 10.0.0.0/8, 10.0.0.0/8:22, [fe80::/10]:443, *:25 or *:6000-6063"
+            )
+        };
+        let s = s.trim();
+        let (net, ports) = if let Some(rest) = s.strip_prefix('[') {
+            let (inner, after) = rest.split_once(']').ok_or_else(bad)?;
+            let ports = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(bad)?),
+            };
+            (Some(inner), ports)
+        } else if let Some(rest) = s.strip_prefix('*') {
+            match rest {
+                "" => (None, None),
+                p => (None, Some(p.strip_prefix(':').ok_or_else(bad)?)),
+            }
+        } else if s.matches(':').count() >= 2 {
+            (Some(s), None) // a bare IPv6 network
+        } else {
+            match s.split_once(':') {
+                Some((n, p)) => (Some(n), Some(p)),
+                None => (Some(s), None),
+            }
+        };
+        let net = match net {
+            None => None,
+            Some(n) => {
+                let (ip, len) = match n.split_once('/') {
+                    Some((ip, len)) => (ip, Some(len)),
+                    None => (n, None),
+                };
+                let ip: IpAddr = ip.parse().map_err(|_| bad())?;
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                let len: u8 = match len {
+                    None => max,
+                    Some(l) => l.parse().ok().filter(|&l| l <= max).ok_or_else(bad)?,
+                };
+                // An IPv4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4
+                // network it maps, as addresses are compared.
+                match ip {
+                    IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+                        let v4 = v6.to_ipv4_mapped().ok_or_else(bad)?;
+                        let len = len.checked_sub(96).ok_or_else(|| {
+                            format!("`{s}`: an IPv4-mapped network needs a prefix of /96 or longer")
+                        })?;
+                        Some((IpAddr::V4(v4), len))
+                    }
+                    _ => Some((ip, len)),
+                }
+            }
+        };
+        let ports = match ports {
+            None => None,
+            Some(p) => {
+                let (a, b) = p.split_once('-').unwrap_or((p, p));
+                let a: u16 = a.parse().map_err(|_| bad())?;
+                let b: u16 = b.parse().map_err(|_| bad())?;
+                if a > b {
+                    return Err(bad());
+                }
+                Some((a, b))
+            }
+        };
+        Ok(Rule { net, ports })
     }
 }
 
@@ -162,7 +233,7 @@ impl Acl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Destinations;
+    use crate::config::DEFAULT_DENY;
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -170,7 +241,12 @@ mod tests {
 
     #[test]
     fn defaults_deny_local_and_metadata() {
-        let acl = Destinations::default().acl();
+        // The server's policy when `destinations:` is left out.
+        let acl = Acl {
+            allow: Vec::new(),
+            deny: DEFAULT_DENY.iter().map(|r| r.parse().unwrap()).collect(),
+            default_allow: true,
+        };
         for denied in [
             "127.0.0.1:80",
             "127.9.9.9:1",
@@ -238,5 +314,29 @@ mod tests {
         };
         assert!(mapped.permits(sa("10.9.9.9:1")) && mapped.permits(sa("[::ffff:10.1.1.1]:1")));
         assert!(!mapped.permits(sa("127.0.0.1:1")) && !mapped.permits(sa("11.0.0.1:1")));
+    }
+    #[test]
+    fn rules() {
+        for ok in [
+            "10.0.0.0/8",
+            "10.0.0.0/8:22",
+            "[fe80::/10]:443",
+            "*:25",
+            "*:6000-6063",
+            "::1",
+            "1.2.3.4",
+        ] {
+            ok.parse::<Rule>().unwrap();
+        }
+        for bad in [
+            "10.0.0.0/33",
+            "x",
+            "*:70000",
+            "1.2.3.4:9-1",
+            "[::1",
+            "::ffff:10.0.0.0/64",
+        ] {
+            assert!(bad.parse::<Rule>().is_err(), "{bad}");
+        }
     }
 }

@@ -243,7 +243,7 @@ fn check(path: &Path) -> i32 {
         Ok(cfg) => {
             let mut parts = Vec::new();
             if let Some(s) = &cfg.server {
-                parts.push(format!("{} users", s.users.0.len()));
+                parts.push(format!("{} users", s.users.len()));
             }
             if let Some(a) = &cfg.agent {
                 parts.push(format!("{} servers", a.servers.len()));

@@ -394,7 +394,7 @@ fn status_line(live: &Live, slots: &[Arc<Slots>]) -> String {
     let conns: usize = slots.iter().map(|s| s.live()).sum();
     let mut parts = vec![format!("{conns} connections")];
     if let Some(s) = &live.server {
-        parts.push(format!("{} users", s.get().users.0.len()));
+        parts.push(format!("{} users", s.get().users.len()));
     }
     if let Some(a) = &live.agent {
         let (up, all) = a.get().upstreams.health();
@@ -455,7 +455,7 @@ fn reload(
         if cur.get().listen != s.listen && bound.iter().any(|b| b.0 == Role::Server && !b.2) {
             log::warn!("reload: server.listen changes take effect at the next restart");
         }
-        changes.push(format!("{} users", s.users.0.len()));
+        changes.push(format!("{} users", s.users.len()));
         cur.set(s);
     }
     if let Some((cur, a)) = agent {

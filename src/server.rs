@@ -226,7 +226,7 @@ pub async fn serve(
     let start = Instant::now();
     let cfg = current.get();
     crate::dial::tune(&tcp, peer);
-    let deadline = start + cfg.timeouts.handshake.0;
+    let deadline = start + cfg.timeouts.handshake;
     let stream = match &cfg.tls {
         None => Stream::Plain(tcp),
         Some(tls) => {
@@ -376,10 +376,10 @@ async fn handshake(
         .ok_or(Failure::Unauthorized("no Authorization header", None))?;
     let cred = auth::parse_basic(value)
         .map_err(|_| Failure::Unauthorized("malformed Authorization", None))?;
-    let known = cfg.users.0.get(&cred.user);
+    let known = cfg.users.get(&cred.user);
     // An unknown user costs the same hashing as a known one.
     let digest = known
-        .map(|s| s.0.as_str())
+        .map(|s| s.expose())
         .unwrap_or("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
     let ok = auth::verify(&cred.field, digest, now_ms());
     let granted = match (known, ok) {
@@ -412,7 +412,7 @@ async fn handshake(
     // connection at once.
     let waiting = stop.waiting();
     let mut window = (Instant::now(), 0usize);
-    c.deadline = Instant::now() + cfg.timeouts.idle.0;
+    c.deadline = Instant::now() + cfg.timeouts.idle;
     loop {
         let pongs = ws::leading_pongs(&c.buf);
         if pongs > 0 {
@@ -424,7 +424,7 @@ async fn handshake(
             if window.1 > PONGS_PER_SECOND {
                 return Err(Failure::PongFlood);
             }
-            c.deadline = Instant::now() + current.get().timeouts.idle.0;
+            c.deadline = Instant::now() + current.get().timeouts.idle;
         }
         match ws::parse_preamble(&c.buf).map_err(Failure::Frame)? {
             Parse::Done(ws::Preamble::Frame, used) => {
@@ -455,7 +455,7 @@ async fn handshake(
         }
     }
     drop(waiting);
-    c.deadline = Instant::now() + cfg.timeouts.handshake.0;
+    c.deadline = Instant::now() + cfg.timeouts.handshake;
     // Answer with our frame (and the method choice too when the greeting
     // is already here, as the reference does).
     out.clear();
@@ -502,7 +502,7 @@ async fn handshake(
     let dest = dial(
         &req.addr,
         &cfg.acl,
-        cfg.timeouts.connect.0,
+        cfg.timeouts.connect,
         Asker::User(&user),
     )
     .await
@@ -513,12 +513,12 @@ async fn handshake(
     };
     out.clear();
     socks5::write_reply(&mut out, Reply::Succeeded, &Addr::Ip(bound));
-    c.deadline = Instant::now() + cfg.timeouts.handshake.0;
+    c.deadline = Instant::now() + cfg.timeouts.handshake;
     c.send(&out).await?;
 
     let t = relay::Limits {
-        idle: cfg.timeouts.idle.0,
-        send: cfg.timeouts.send.0,
+        idle: cfg.timeouts.idle,
+        send: cfg.timeouts.send,
         buffer: cfg.tunnel_buffer,
     };
     Ok(Granted::Tunnel(dest, t))

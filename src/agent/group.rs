@@ -166,15 +166,15 @@ pub fn start(cfg: &Agent, ex: &smol::Executor<'static>) -> Upstreams {
         if cfg.pool.size > 0 {
             ex.spawn(up.clone().maintain_pool(
                 cfg.pool.size,
-                cfg.pool.keepalive.0,
-                cfg.timeouts.connect.0,
+                cfg.pool.keepalive,
+                cfg.timeouts.connect,
             ))
             .detach();
         }
         ex.spawn(check_health(
             up.clone(),
-            cfg.health.interval.0,
-            cfg.health.timeout.0,
+            cfg.health.interval,
+            cfg.health.timeout,
         ))
         .detach();
     }

@@ -7,7 +7,7 @@ use std::io;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::acl::Acl;
-use crate::config::agent::Server;
+use crate::config::agent::UpstreamServer;
 use crate::deadline::timeout;
 use crate::dial::{Asker, DialError};
 use crate::proto::socks5::{self, Addr, ServerReply};
@@ -85,7 +85,7 @@ async fn read<T, E: std::fmt::Debug>(
 /// `Upgrade: websocket`, `Connection: upgrade`, the accept value, exactly
 /// one `socks5`). Sends nothing more: the reference server drops bytes
 /// pipelined behind the request, so the frame waits for the 101.
-pub async fn upgrade(server: &Server, limit: Duration) -> Result<Upgraded, UpError> {
+pub async fn upgrade(server: &UpstreamServer, limit: Duration) -> Result<Upgraded, UpError> {
     let deadline = Instant::now() + limit;
     let url = &server.url;
     // The same connect as everywhere: every resolved address in turn,
@@ -112,7 +112,11 @@ pub async fn upgrade(server: &Server, limit: Duration) -> Result<Upgraded, UpErr
     let mut raw = [0u8; 16];
     getrandom::fill(&mut raw).map_err(|e| UpError::Connect(io::Error::other(e.to_string())))?;
     let key = ws::key_from(raw);
-    let authz = auth::authorization(&server.user, &server.digest.0, auth::minute_of(now_ms()));
+    let authz = auth::authorization(
+        &server.user,
+        server.digest.expose(),
+        auth::minute_of(now_ms()),
+    );
     let mut req = Vec::with_capacity(300);
     http::write_upgrade_request(&mut req, &url.path, &server.host_header, &key, &authz);
     c.send(&req).await.map_err(|g| match g {

@@ -129,7 +129,7 @@ async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, R
     };
     let (action, group, _) =
         route::decide(&st.cfg.routes, st.cfg.default, &st.cfg.default_group, dest);
-    let timeout = st.cfg.timeouts.connect.0;
+    let timeout = st.cfg.timeouts.connect;
     match action {
         Action::Reject => {
             *route = "reject".into();
@@ -157,7 +157,7 @@ async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, R
                     "no group {group}"
                 ))))?;
             let opened = g
-                .open(dest, timeout, st.cfg.timeouts.reply.0)
+                .open(dest, timeout, st.cfg.timeouts.reply)
                 .await
                 .map_err(|e| Refusal::NoServer(e.last))?;
             route.push_str(&format!(
@@ -317,8 +317,8 @@ fn local_auth_ok(users: &Users, user: &[u8], pass: &[u8]) -> bool {
     let digest = auth::stored_digest(pass);
     let want = std::str::from_utf8(user)
         .ok()
-        .and_then(|u| users.0.get(u))
-        .map(|s| s.0.as_str());
+        .and_then(|u| users.get(u))
+        .map(|s| s.expose());
     let ok: bool = digest
         .as_bytes()
         .ct_eq(want.unwrap_or("-").as_bytes())
@@ -337,7 +337,7 @@ pub async fn serve(
 ) {
     let start = Instant::now();
     crate::dial::tune(&stream, peer);
-    let mut local = Local::new(stream.clone(), start + st.cfg.timeouts.handshake.0);
+    let mut local = Local::new(stream.clone(), start + st.cfg.timeouts.handshake);
     let kind = match kind {
         Kind::Mixed => match local.more().await {
             Ok(()) if local.buf.first() == Some(&socks5::VERSION) => Kind::Socks5,
@@ -386,8 +386,8 @@ pub async fn serve(
         }
         Ok(Done::Relay(r, to_remote, framing)) => {
             let limits = relay::Limits {
-                idle: st.cfg.timeouts.idle.0,
-                send: st.cfg.timeouts.send.0,
+                idle: st.cfg.timeouts.idle,
+                send: st.cfg.timeouts.send,
                 // The agent's legs are its own host's programs and its
                 // servers: kernel autotuning, for the WAN leg's sake.
                 buffer: 0,
@@ -548,7 +548,7 @@ async fn socks_session(
     let reached = reach(st, &req.addr, route).await;
     // The answer gets its own time: reaching may take the connect and
     // reply timeouts.
-    local.deadline = Instant::now() + st.cfg.timeouts.handshake.0;
+    local.deadline = Instant::now() + st.cfg.timeouts.handshake;
     let r = reached.map_err(Reject::Refused)?;
     out.clear();
     socks5::write_reply(&mut out, Reply::Succeeded, &r.bound);
@@ -608,7 +608,7 @@ async fn http_session(
     };
     *dest = Some(addr.clone());
     let reached = reach(st, &addr, route).await;
-    local.deadline = Instant::now() + st.cfg.timeouts.handshake.0;
+    local.deadline = Instant::now() + st.cfg.timeouts.handshake;
     let r = reached.map_err(Reject::Refused)?;
     let (to_remote, framing) = match forward {
         Some((h, framing)) => (h, Some(framing)),

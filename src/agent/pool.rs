@@ -12,7 +12,7 @@ use futures_lite::{AsyncReadExt, future};
 use smol::channel::{Receiver, Sender};
 
 use super::handshake::{Upgraded, upgrade};
-use crate::config::agent::Server;
+use crate::config::agent::UpstreamServer;
 use crate::deadline::timeout;
 use crate::proto::ws;
 use crate::tls::Stream;
@@ -34,7 +34,7 @@ fn still_open(s: &mut Stream) -> bool {
 
 /// One server: its pool and health.
 pub struct Upstream {
-    pub server: Server,
+    pub server: UpstreamServer,
     healthy: AtomicBool,
     /// Set when a reload replaced this server: its tasks end.
     retired: AtomicBool,
@@ -44,7 +44,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(server: Server) -> Upstream {
+    pub fn new(server: UpstreamServer) -> Upstream {
         let (wake, woken) = smol::channel::bounded(1);
         Upstream {
             server,

@@ -32,7 +32,7 @@ fn matches(r: &Route, dest: &Addr, host: &str) -> bool {
             Addr::Domain(..) => false,
         };
     let port = dest.port();
-    let port_ok = r.port.is_empty() || r.port.iter().any(|p| (p.0..=p.1).contains(&port));
+    let port_ok = r.port.is_empty() || r.port.iter().any(|p| p.contains(&port));
     suffix_ok && host_ok && cidr_ok && port_ok
 }
 
@@ -56,7 +56,6 @@ pub fn decide<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::agent::PortRange;
 
     fn route(action: Action) -> Route {
         Route {
@@ -75,7 +74,7 @@ mod tests {
         a.domain_suffix = vec!["corp.example".into()];
         let mut b = route(Action::Reject);
         b.cidr = vec!["10.0.0.0/8".parse().unwrap()];
-        b.port = vec![PortRange(22, 22)];
+        b.port = vec![22..=22];
         let mut c = route(Action::Proxy);
         c.host = vec!["10.1.2.3".into()];
         let routes = [a, b, c];
