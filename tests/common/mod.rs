@@ -14,6 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use websocks::proto::{Parse, auth, http, socks5, ws};
 
+pub mod agent;
+
 /// Per-operation timeout for test sockets.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
