@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::*;
-use websocks::proto::socks5::{self, Addr};
+use websocks::proto::socks5::Addr;
 use websocks::proto::{Parse, http};
 
 /// Can a socket be bound on `::1`?
@@ -19,19 +19,7 @@ pub fn v6_available() -> bool {
 
 /// Like `serve_each`, on any bind address (`127.0.0.1:0`, `[::1]:0`).
 pub fn serve_on(bind: &str, f: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
-    let l = TcpListener::bind(bind).unwrap();
-    let a = l.local_addr().unwrap();
-    let f = Arc::new(f);
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(s) = s else { continue };
-            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-            s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-            let f = f.clone();
-            thread::spawn(move || f(s));
-        }
-    });
-    a
+    serve_listener(TcpListener::bind(bind).unwrap(), IO_TIMEOUT, f)
 }
 
 /// A destination that reads to EOF first, then sends everything back and
@@ -217,9 +205,7 @@ pub fn simple_agent(server: SocketAddr, extra: &str) -> Daemon {
 /// right behind the reply.
 pub fn socks_open_rest(proxy: SocketAddr, dest: &Addr, early: &[u8]) -> (u8, TcpStream, Vec<u8>) {
     let mut s = dial(proxy);
-    let mut out = Vec::new();
-    socks5::write_greeting(&mut out, &[socks5::METHOD_NO_AUTH]);
-    socks5::write_connect(&mut out, dest);
+    let mut out = socks_request(dest);
     out.extend_from_slice(early);
     s.write_all(&out).unwrap();
     let got = read_exact_after(&mut s, Vec::new(), 2);
