@@ -1,14 +1,18 @@
 //! A new user's first try: curl, through a small SOCKS5-to-WebSocks bridge
-//! written here (the agent comes later), through the real server, to a
-//! local web server. Skipped, saying why, when curl is not installed.
+//! written here, through the real server, to a local web server; then curl
+//! through the agent's SOCKS5 and HTTP listeners and the server. Skipped,
+//! saying why, when curl is not installed.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
+use common::agent::*;
 use common::*;
 use websocks::proto::{Parse, socks5, ws};
 
@@ -112,4 +116,143 @@ fn curl_through_socks5_bridge_and_server() {
     }
     d.wait_log(&["user=alice", "dst=localhost:", "end=closed"]);
     d.wait_log(&["user=alice", "dst=127.0.0.1:", "end=closed"]);
+}
+
+// ---------------------------------------------------------------- curl
+
+#[test]
+fn curl_through_agent_and_server() {
+    let Some(curl_bin) = need_tool("curl", "curl") else {
+        return;
+    };
+    let server = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let hits2 = hits.clone();
+    let page = serve_on("127.0.0.1:0", move |mut s| {
+        let mut req = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&chunk[..n]),
+            }
+        }
+        hits2.fetch_add(1, Ordering::Relaxed);
+        let path = String::from_utf8_lossy(&req)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        let body = format!("<html><body>hello {path} through websocks</body></html>\n");
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    let open = simple_agent(server.addr(), "");
+    let authed = simple_agent(server.addr(), "  users: [{name: me, password: pw}]\n");
+    let curl = |args: &[String], url: String| {
+        let mut c = Command::new(&curl_bin);
+        for v in [
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+            "no_proxy",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "NO_PROXY",
+        ] {
+            c.env_remove(v);
+        }
+        c.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+            .args(args)
+            .arg(url)
+            .output()
+            .unwrap()
+    };
+    let p = page.port();
+    let (os, oh, om) = (open.addrs[0], open.addrs[1], open.addrs[2]);
+    let (as_, ah) = (authed.addrs[0], authed.addrs[1]);
+    let cases: Vec<(Vec<String>, String, &Daemon, &str)> = vec![
+        (
+            vec!["--socks5-hostname".into(), os.to_string()],
+            format!("http://localhost:{p}/socks"),
+            &open,
+            "via=socks5 dst=localhost:",
+        ),
+        (
+            vec!["--proxy".into(), format!("http://{oh}")],
+            format!("http://127.0.0.1:{p}/forward"),
+            &open,
+            "via=http dst=127.0.0.1:",
+        ),
+        (
+            vec!["-p".into(), "--proxy".into(), format!("http://{oh}")],
+            format!("http://localhost:{p}/connect"),
+            &open,
+            "via=http dst=localhost:",
+        ),
+        (
+            vec!["--proxy".into(), format!("socks5h://{om}")],
+            format!("http://localhost:{p}/mixed-socks"),
+            &open,
+            "via=socks5 dst=localhost:",
+        ),
+        (
+            vec!["--proxy".into(), format!("http://{om}")],
+            format!("http://127.0.0.1:{p}/mixed-http"),
+            &open,
+            "via=http dst=127.0.0.1:",
+        ),
+        (
+            vec!["--proxy".into(), format!("socks5h://me:pw@{as_}")],
+            format!("http://localhost:{p}/auth-socks"),
+            &authed,
+            "via=socks5 dst=localhost:",
+        ),
+        (
+            vec!["--proxy".into(), format!("http://me:pw@{ah}")],
+            format!("http://127.0.0.1:{p}/auth-forward"),
+            &authed,
+            "via=http dst=127.0.0.1:",
+        ),
+        (
+            vec!["-p".into(), "--proxy".into(), format!("http://me:pw@{ah}")],
+            format!("http://127.0.0.1:{p}/auth-connect"),
+            &authed,
+            "via=http dst=127.0.0.1:",
+        ),
+    ];
+    for (i, (args, url, d, want)) in cases.iter().enumerate() {
+        let out = curl(args, url.clone());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let path = url.rsplit('/').next().unwrap();
+        assert!(
+            out.status.success(),
+            "curl {args:?} {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            stdout,
+            format!("<html><body>hello /{path} through websocks</body></html>\n\n200"),
+            "curl {args:?} {url}"
+        );
+        assert_eq!(hits.load(Ordering::Relaxed), i + 1);
+        d.wait_log(&[
+            want,
+            &format!(":{p} "),
+            "route=proxy:default server=s",
+            "end=closed",
+        ]);
+    }
+    // Without credentials: 407 from the HTTP proxy, no page fetched.
+    let out = curl(
+        &["--proxy".into(), format!("http://{ah}")],
+        format!("http://127.0.0.1:{p}/nope"),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("407"));
+    assert_eq!(hits.load(Ordering::Relaxed), cases.len());
+    server.wait_log(&["user=alice", &format!("dst=localhost:{p} "), "end=closed"]);
 }

@@ -3,7 +3,7 @@
 //! Every socket operation is bounded by a timeout.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -13,6 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use websocks::proto::{Parse, auth, http, socks5, ws};
+
+pub mod agent;
 
 /// Per-operation timeout for test sockets.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,21 +106,7 @@ impl Daemon {
             .stderr(Stdio::piped());
         setup(&mut cmd);
         let mut child = cmd.spawn().expect("spawn websocks");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let log2 = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(a) = line.split("listening on ").nth(1) {
-                    // "ADDR" or "ADDR (socket from systemd)".
-                    let a = a.split_whitespace().next().unwrap_or("");
-                    let _ = tx.send(a.parse::<SocketAddr>().unwrap());
-                }
-                log2.lock().unwrap().push(line);
-            }
-        });
+        let (log, rx) = watch_log(child.stderr.take().unwrap());
         let mut addrs = Vec::new();
         for _ in 0..listeners {
             match rx.recv_timeout(Duration::from_secs(20)) {
@@ -178,6 +166,28 @@ impl Drop for Daemon {
     }
 }
 
+/// Reads a child's output `out` line by line in a thread, into the log
+/// returned, and sends the address of each "listening on ADDR" line.
+pub fn watch_log(
+    out: impl Read + Send + 'static,
+) -> (Arc<Mutex<Vec<String>>>, mpsc::Receiver<SocketAddr>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let log2 = log.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if let Some(a) = line.split("listening on ").nth(1) {
+                // "ADDR" or "ADDR (socket from systemd)".
+                let a = a.split_whitespace().next().unwrap_or("");
+                let _ = tx.send(a.parse::<SocketAddr>().unwrap());
+            }
+            log2.lock().unwrap().push(line);
+        }
+    });
+    (log, rx)
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -206,11 +216,17 @@ pub fn upgrade_request() -> Vec<u8> {
 
 /// Connects with timeouts set.
 pub fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_nodelay(true).unwrap();
-    s
+    try_connect(addr, IO_TIMEOUT).unwrap()
+}
+
+/// Connects within `timeout`, which then bounds each read and write;
+/// `TCP_NODELAY` set.
+pub fn try_connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.set_nodelay(true)?;
+    Ok(s)
 }
 
 /// Reads until EOF (or the timeout, which fails the test).
@@ -252,6 +268,14 @@ pub fn read_exact_after(s: &mut TcpStream, mut have: Vec<u8>, n: usize) -> Vec<u
 /// The frame, method choice and a request for `dest`, as one write.
 pub fn socks_preamble(dest: &socks5::Addr) -> Vec<u8> {
     let mut v = ws::FRAME.to_vec();
+    v.extend_from_slice(&socks_request(dest));
+    v
+}
+
+/// A SOCKS5 client's greeting (no authentication) and CONNECT to `dest`,
+/// as one write.
+pub fn socks_request(dest: &socks5::Addr) -> Vec<u8> {
+    let mut v = Vec::new();
     socks5::write_greeting(&mut v, &[socks5::METHOD_NO_AUTH]);
     socks5::write_connect(&mut v, dest);
     v
@@ -315,13 +339,24 @@ pub fn echo_server() -> SocketAddr {
 /// The listener thread ends with the test process.
 pub fn serve_each(f: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    serve_listener(l, Duration::from_secs(60), f)
+}
+
+/// Runs `f` on each connection `l` accepts, in its own thread, with
+/// `timeout` on each read and write; returns `l`'s address. The listener
+/// thread ends with the process.
+pub fn serve_listener(
+    l: TcpListener,
+    timeout: Duration,
+    f: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> SocketAddr {
     let a = l.local_addr().unwrap();
     let f = Arc::new(f);
     thread::spawn(move || {
         for s in l.incoming() {
             let Ok(s) = s else { continue };
-            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-            s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+            s.set_read_timeout(Some(timeout)).unwrap();
+            s.set_write_timeout(Some(timeout)).unwrap();
             let f = f.clone();
             thread::spawn(move || f(s));
         }

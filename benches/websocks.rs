@@ -22,21 +22,25 @@
 //! row's direct column is what both ends of the direct transfers (this
 //! program) used per byte.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, BufRead, BufReader, Read, Write};
+// The test suite's harness, shared rather than copied: `Daemon` runs
+// websocks, `watch_log` reads a helper's output, `serve_listener` runs the
+// destinations, `try_connect` and `socks_request` open the connections.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{Daemon, PASS, USER, serve_listener, socks_request, try_connect, watch_log};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
-
-const USER: &str = "alice";
-const PASS: &str = "pasSw0rD";
+use websocks::proto::socks5::Addr;
 /// Set once this program has re-executed itself with a raised fd limit.
 const GUARD: &str = "WEBSOCKS_BENCH_NOFILE";
 /// Raises the soft descriptor limit (to the hard one if 65536 is refused),
@@ -189,17 +193,6 @@ fn err(msg: impl Into<String>) -> io::Error {
 
 // ---------------------------------------------------------------- SOCKS5
 
-/// Greeting (no auth) and CONNECT to an IPv4 address, as one write.
-fn socks_request(dest: SocketAddr) -> Vec<u8> {
-    let SocketAddr::V4(d) = dest else {
-        panic!("IPv4 destinations only")
-    };
-    let mut v = vec![5, 1, 0, 5, 1, 0, 1];
-    v.extend_from_slice(&d.ip().octets());
-    v.extend_from_slice(&d.port().to_be_bytes());
-    v
-}
-
 fn check_method(m: [u8; 2]) -> io::Result<()> {
     if m == [5, 0] {
         Ok(())
@@ -227,12 +220,9 @@ fn reply_rest(h: [u8; 4]) -> io::Result<Option<usize>> {
 
 /// A connection to `dest`: straight, or through the SOCKS5 agent `via`.
 fn open(via: Option<SocketAddr>, dest: SocketAddr) -> io::Result<TcpStream> {
-    let mut s = TcpStream::connect_timeout(&via.unwrap_or(dest), IO_TIMEOUT)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    s.set_nodelay(true)?;
+    let mut s = try_connect(via.unwrap_or(dest), IO_TIMEOUT)?;
     if via.is_some() {
-        s.write_all(&socks_request(dest))?;
+        s.write_all(&socks_request(&Addr::Ip(dest)))?;
         let mut m = [0u8; 2];
         s.read_exact(&mut m)?;
         check_method(m)?;
@@ -265,7 +255,7 @@ async fn timeout<T>(d: Duration, f: impl Future<Output = io::Result<T>>) -> io::
 async fn open_async(via: SocketAddr, dest: SocketAddr) -> io::Result<smol::net::TcpStream> {
     let mut s = smol::net::TcpStream::connect(via).await?;
     s.set_nodelay(true)?;
-    s.write_all(&socks_request(dest)).await?;
+    s.write_all(&socks_request(&Addr::Ip(dest))).await?;
     let mut m = [0u8; 2];
     s.read_exact(&mut m).await?;
     check_method(m)?;
@@ -297,148 +287,78 @@ async fn ping_async(s: &mut smol::net::TcpStream) -> io::Result<()> {
 
 // ---------------------------------------------------------------- processes
 
-/// A child process with a listener; killed on drop.
-struct Proc {
-    name: String,
+/// `websocks MODE -c CONFIG` under the fd-raising shell.
+fn websocks(mode: &str, yaml: &str) -> Daemon {
+    Daemon::start_via(&["sh", "-c", RAISE], &[mode], yaml, 1)
+}
+
+/// This program re-executed as a helper (`--echo-helper`, `--relay-helper
+/// DEST`) with a listener; killed on drop.
+struct Helper {
     child: Child,
     addr: SocketAddr,
     /// The helper exits when this pipe closes (also if the bench dies).
     _stdin: Option<ChildStdin>,
-    dir: Option<PathBuf>,
-    tail: Arc<Mutex<VecDeque<String>>>,
 }
 
-fn temp_dir() -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "websocks-bench-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&d).expect("create temp dir");
-    d
-}
-
-impl Proc {
-    /// `websocks MODE -c CONFIG` under the fd-raising shell.
-    fn websocks(name: &str, mode: &str, yaml: &str) -> Proc {
-        let dir = temp_dir();
-        let cfg = dir.join("websocks.yaml");
-        std::fs::write(&cfg, yaml).expect("write config");
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(RAISE)
-            .arg(env!("CARGO_BIN_EXE_websocks"))
-            .arg(mode)
-            .arg("-c")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn websocks");
-        let out = child.stderr.take().expect("stderr pipe");
-        Self::wait_listening(name, child, out, None, Some(dir))
-    }
-
-    /// This program as the echo destination (`--echo-helper`).
-    fn echo_helper() -> Proc {
+impl Helper {
+    /// Starts the helper and waits for its "listening on ADDR" line.
+    fn start(args: &[&str]) -> Helper {
         let mut child = Command::new(std::env::current_exe().expect("current exe"))
-            .arg("--echo-helper")
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn echo helper");
-        let out = child.stdout.take().expect("stdout pipe");
-        let stdin = child.stdin.take();
-        Self::wait_listening("echo", child, out, stdin, None)
-    }
-
-    /// This program as a bare relay to `dest` (`--relay-helper DEST`).
-    fn relay_helper(dest: SocketAddr) -> Proc {
-        let mut child = Command::new(std::env::current_exe().expect("current exe"))
-            .arg("--relay-helper")
-            .arg(dest.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn relay helper");
-        let out = child.stdout.take().expect("stdout pipe");
-        let stdin = child.stdin.take();
-        Self::wait_listening("relay", child, out, stdin, None)
-    }
-
-    /// Drains `out` in a thread, keeping its last lines, and waits for the
-    /// "listening on ADDR" line.
-    fn wait_listening(
-        name: &str,
-        mut child: Child,
-        out: impl Read + Send + 'static,
-        stdin: Option<ChildStdin>,
-        dir: Option<PathBuf>,
-    ) -> Proc {
-        let tail = Arc::new(Mutex::new(VecDeque::new()));
-        let (tx, rx) = mpsc::channel();
-        let t2 = tail.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if let Some(a) = line.split("listening on ").nth(1)
-                    && let Ok(a) = a.trim().parse::<SocketAddr>()
-                {
-                    let _ = tx.send(a);
-                }
-                let mut t = t2.lock().unwrap();
-                if t.len() >= 40 {
-                    t.pop_front();
-                }
-                t.push_back(line);
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => Proc {
-                name: name.to_string(),
+            .expect("spawn helper");
+        let (log, listening) = watch_log(child.stdout.take().expect("stdout pipe"));
+        let _stdin = child.stdin.take();
+        match listening.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => Helper {
                 child,
                 addr,
-                _stdin: stdin,
-                dir,
-                tail,
+                _stdin,
             },
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "{name} did not start; its output: {:#?}",
-                    tail.lock().unwrap()
+                    "{args:?} did not start; its output: {:#?}",
+                    log.lock().unwrap()
                 );
             }
         }
     }
 
+    /// This program as the echo destination.
+    fn echo() -> Helper {
+        Self::start(&["--echo-helper"])
+    }
+
+    /// This program as a bare relay to `dest`.
+    fn relay(dest: SocketAddr) -> Helper {
+        Self::start(&["--relay-helper", &dest.to_string()])
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
-
-    /// Last lines of its log, for error reports.
-    fn last_lines(&self, n: usize) -> Vec<String> {
-        let t = self.tail.lock().unwrap();
-        t.iter().skip(t.len().saturating_sub(n)).cloned().collect()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
 }
 
-impl Drop for Proc {
+impl Drop for Helper {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(d) = &self.dir {
-            let _ = std::fs::remove_dir_all(d);
-        }
     }
+}
+
+/// Last lines of a daemon's log, for error reports.
+fn last_lines(d: &Daemon, n: usize) -> Vec<String> {
+    let log = d.log.lock().unwrap();
+    log.iter()
+        .skip(log.len().saturating_sub(n))
+        .cloned()
+        .collect()
 }
 
 /// The server's configuration; `WEBSOCKS_BENCH_SERVER` adds lines to its
@@ -464,13 +384,9 @@ fn agent_yaml(server: SocketAddr, pool: usize) -> String {
 }
 
 /// A server and an agent (pool `pool`) in front of it.
-fn start_pair(pool: usize) -> (Proc, Proc) {
-    let server = Proc::websocks("server", "server", &server_yaml());
-    let agent = Proc::websocks(
-        &format!("agent (pool {pool})"),
-        "agent",
-        &agent_yaml(server.addr, pool),
-    );
+fn start_pair(pool: usize) -> (Daemon, Daemon) {
+    let server = websocks("server", &server_yaml());
+    let agent = websocks("agent", &agent_yaml(server.addr(), pool));
     (server, agent)
 }
 
@@ -534,19 +450,7 @@ fn listener() -> TcpListener {
 /// Runs `f` on each accepted connection in its own thread, for the life of
 /// the process.
 fn serve_each(f: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
-    let l = listener();
-    let a = l.local_addr().unwrap();
-    let f = Arc::new(f);
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(s) = s else { continue };
-            let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-            let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-            let f = f.clone();
-            thread::spawn(move || f(s));
-        }
-    });
-    a
+    serve_listener(listener(), IO_TIMEOUT, f)
 }
 
 struct SinkReport {
@@ -708,14 +612,14 @@ fn splice_all(from: &TcpStream, to: &TcpStream) {
 /// Two bare relays in a row in front of a destination: a tunnel's route
 /// without its protocol.
 struct Chain {
-    near: Proc,
-    far: Proc,
+    near: Helper,
+    far: Helper,
 }
 
 impl Chain {
     fn to(dest: SocketAddr) -> Chain {
-        let far = Proc::relay_helper(dest);
-        let near = Proc::relay_helper(far.addr);
+        let far = Helper::relay(dest);
+        let near = Helper::relay(far.addr);
         Chain { near, far }
     }
 
@@ -1007,13 +911,14 @@ struct Idle {
 fn idle_tunnels(n: usize, echo: SocketAddr) -> Idle {
     let (mut server, mut agent) = start_pair(64);
     thread::sleep(Duration::from_millis(1500)); // the pool fills
-    let rss = |s: &Proc, a: &Proc| status_kib(s.pid(), "VmRSS") + status_kib(a.pid(), "VmRSS");
-    let before = rss(&server, &agent);
+    let (server_pid, agent_pid) = (server.child.id(), agent.child.id());
+    let rss = || status_kib(server_pid, "VmRSS") + status_kib(agent_pid, "VmRSS");
+    let before = rss();
     let (before_server, before_agent) = (
-        status_kib(server.pid(), "VmRSS"),
-        status_kib(agent.pid(), "VmRSS"),
+        status_kib(server_pid, "VmRSS"),
+        status_kib(agent_pid, "VmRSS"),
     );
-    let via = agent.addr;
+    let via = agent.addr();
     let mut errors = BTreeMap::new();
     let start = Instant::now();
 
@@ -1054,13 +959,13 @@ fn idle_tunnels(n: usize, echo: SocketAddr) -> Idle {
         }
     }
     let opened = streams.len();
-    let fds = (fd_count(server.pid()), fd_count(agent.pid()));
+    let fds = (fd_count(server_pid), fd_count(agent_pid));
     thread::sleep(Duration::from_secs(1));
-    let after = rss(&server, &agent);
+    let after = rss();
     eprintln!(
         "  idle @{n}: server {} KiB, agent {} KiB (RSS after minus before, whole process)",
-        status_kib(server.pid(), "VmRSS").saturating_sub(before_server),
-        status_kib(agent.pid(), "VmRSS").saturating_sub(before_agent)
+        status_kib(server_pid, "VmRSS").saturating_sub(before_server),
+        status_kib(agent_pid, "VmRSS").saturating_sub(before_agent)
     );
 
     // Every tunnel must still carry a byte each way.
@@ -1089,11 +994,12 @@ fn idle_tunnels(n: usize, echo: SocketAddr) -> Idle {
             Err(e) => *errors.entry(format!("held tunnel: {e}")).or_insert(0) += 1,
         }
     }
-    let alive = server.alive() && agent.alive();
+    let alive =
+        matches!(server.child.try_wait(), Ok(None)) && matches!(agent.child.try_wait(), Ok(None));
     if !errors.is_empty() {
-        for p in [&server, &agent] {
-            eprintln!("  last log lines of {}:", p.name);
-            for l in p.last_lines(5) {
+        for (name, d) in [("server", &server), ("agent (pool 64)", &agent)] {
+            eprintln!("  last log lines of {name}:");
+            for l in last_lines(d, 5) {
                 eprintln!("    {l}");
             }
         }
@@ -1300,7 +1206,7 @@ fn main() {
 
     let dests = start_dests();
     pattern();
-    let echo = Proc::echo_helper();
+    let echo = Helper::echo();
     let want = |p: &str| o.only.iter().any(|x| x == p);
     if want("bulk") {
         bulk_phase(&mut rep, &o, &dests);
@@ -1367,9 +1273,10 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
     let tck = clk_tck();
     let (server, pooled) = start_pair(64);
     thread::sleep(Duration::from_millis(1500)); // the pool fills
-    let via = Some(pooled.addr);
+    let via = Some(pooled.addr());
     let bulk = o.bulk();
-    let agent_server_ticks = || cpu_ticks(server.pid()) + cpu_ticks(pooled.pid());
+    let (server_pid, agent_pid) = (server.child.id(), pooled.child.id());
+    let agent_server_ticks = || cpu_ticks(server_pid) + cpu_ticks(agent_pid);
 
     // Warm-up: page in both paths.
     let _ = transfer(Dir::Down, 1, 64 << 20, None, dests);
@@ -1398,7 +1305,7 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
     let (t, d, _, _) = pair(Dir::Up, 1, bulk, via, dests, reps, &agent_server_ticks);
     rep.throughput("single-stream up (MiB/s)", t, d, Some(0.80));
 
-    if !(reset_peak(server.pid()) && reset_peak(pooled.pid())) {
+    if !(reset_peak(server_pid) && reset_peak(agent_pid)) {
         rep.note("could not reset VmHWM (clear_refs): the peak covers the whole phase".into());
     }
     let (t, d, _, _) = pair(Dir::Down, 8, bulk, via, dests, reps, &agent_server_ticks);
@@ -1406,7 +1313,7 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
     let (t, d, _, _) = pair(Dir::Up, 8, bulk, via, dests, reps, &agent_server_ticks);
     rep.throughput("8 streams up (MiB/s)", t, d, Some(0.60));
     let peak_mib =
-        (status_kib(server.pid(), "VmHWM") + status_kib(pooled.pid(), "VmHWM")) as f64 / 1024.0;
+        (status_kib(server_pid, "VmHWM") + status_kib(agent_pid, "VmHWM")) as f64 / 1024.0;
     rep.row(
         "peak RSS agent+server, 8 streams (MiB)",
         format!("{peak_mib:.1}"),
@@ -1470,12 +1377,12 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
 /// concurrency 32; pooled agent, unpooled agent, direct.
 fn setup_phase(rep: &mut Report, o: &Opts, echo: SocketAddr) {
     let (server, pooled) = start_pair(64);
-    let unpooled = Proc::websocks("agent (pool 0)", "agent", &agent_yaml(server.addr, 0));
+    let unpooled = websocks("agent", &agent_yaml(server.addr(), 0));
     thread::sleep(Duration::from_millis(1500)); // the pool fills
     let n = o.sequential();
     let ld = sequential(None, echo, n);
     for (name, agent) in [("pooled", &pooled), ("unpooled", &unpooled)] {
-        let lt = sequential(Some(agent.addr), echo, n);
+        let lt = sequential(Some(agent.addr()), echo, n);
         for (q, p99) in [("median", false), ("p99", true)] {
             let (tv, dv) = if p99 {
                 (lt.p99_us, ld.p99_us)
@@ -1534,7 +1441,7 @@ fn setup_phase(rep: &mut Report, o: &Opts, echo: SocketAddr) {
     let total = o.concurrent();
     let rd = concurrent(None, echo, total, 32);
     for (name, agent) in [("pooled", &pooled), ("unpooled", &unpooled)] {
-        let rt = concurrent(Some(agent.addr), echo, total, 32);
+        let rt = concurrent(Some(agent.addr()), echo, total, 32);
         let graded = name == "pooled";
         rep.row(
             &format!("conn/s at concurrency 32, {name}"),
