@@ -36,7 +36,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{Daemon, PASS, USER, serve_listener, socks_request, try_connect, watch_log};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -414,7 +414,7 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 /// Open descriptors of a process.
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
+        .map(std::iter::Iterator::count)
         .unwrap_or(0)
 }
 
@@ -807,6 +807,10 @@ struct Latency {
     first_error: Option<String>,
 }
 
+#[allow(
+    clippy::cast_sign_loss,
+    reason = "quantiles of a non-empty sample: q in 0..=1"
+)]
 fn sequential(via: Option<SocketAddr>, echo: SocketAddr, n: usize) -> Latency {
     for _ in 0..20 {
         let _ = ping(via, echo);
@@ -908,6 +912,7 @@ struct Idle {
 
 /// `n` idle tunnels through a fresh server and pooled agent: RSS growth of
 /// both per tunnel, and whether every tunnel still echoes afterwards.
+#[allow(clippy::too_many_lines, reason = "one measurement, start to finish")]
 fn idle_tunnels(n: usize, echo: SocketAddr) -> Idle {
     let (mut server, mut agent) = start_pair(64);
     thread::sleep(Duration::from_millis(1500)); // the pool fills
@@ -1064,6 +1069,10 @@ impl Report {
     }
 
     /// A throughput pair; `min_ratio` is the target, if any.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "each call site hands over a fresh result"
+    )]
     fn throughput(
         &mut self,
         name: &str,
@@ -1125,27 +1134,10 @@ impl Report {
     }
 }
 
-/// `YYYY-MM-DD HH:MM UTC` (civil-from-days, Howard Hinnant's algorithm).
+/// `YYYY-MM-DD HH:MM UTC`, from humantime's RFC 3339 form.
 fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0) as i64;
-    let (days, sod) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        sod / 3600,
-        sod % 3600 / 60
-    )
+    let t = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    format!("{} {} UTC", &t[..10], &t[11..16])
 }
 
 fn cpu_model() -> String {
@@ -1186,7 +1178,7 @@ fn main() {
         "websocks bench — {}, {} cores, {}, congestion control {}{}",
         utc_now(),
         thread::available_parallelism()
-            .map(|n| n.get())
+            .map(std::num::NonZero::get)
             .unwrap_or(1),
         cpu_model(),
         default_cc(),
@@ -1362,7 +1354,7 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
     if default_cc().starts_with("bbr") {
         let reno_source = serve_each(|s| {
             let _ = socket2::SockRef::from(&s).set_tcp_congestion(b"reno");
-            source_conn(s)
+            source_conn(s);
         });
         let reno = dests.through(reno_source, dests.sink);
         let _ = transfer(Dir::Down, 1, 64 << 20, None, &reno);
@@ -1478,6 +1470,10 @@ fn setup_phase(rep: &mut Report, o: &Opts, echo: SocketAddr) {
 }
 
 /// Figure 5: idle tunnels, each count through a fresh server and pooled agent.
+#[allow(
+    clippy::cast_sign_loss,
+    reason = "descriptor counts from non-negative rates"
+)]
 fn idle_phase(rep: &mut Report, o: &Opts, echo: SocketAddr) {
     let (soft, _) = nofile();
     for &n in &o.conns {

@@ -9,13 +9,13 @@ use std::str::FromStr;
 
 /// One rule: an optional network and an optional port range.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
+pub(crate) struct Rule {
     net: Option<(IpAddr, u8)>,
     ports: Option<(u16, u16)>,
 }
 
 impl Rule {
-    pub fn matches(&self, addr: SocketAddr) -> bool {
+    pub(crate) fn matches(&self, addr: SocketAddr) -> bool {
         let ip = canonical(addr.ip());
         let net_ok = match self.net {
             None => true,
@@ -105,7 +105,7 @@ impl FromStr for Rule {
 
 /// IPv4-mapped IPv6 (`::ffff:127.0.0.1`) is the IPv4 address it maps:
 /// otherwise it would slip past IPv4 rules.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -131,7 +131,7 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 /// - `2002:AABB:CCDD::/48`, 6to4 (RFC 3056 section 2).
 /// - `2001:0::/32`, Teredo (RFC 4380 section 4): the server address in bits
 ///   32-63 and the client address, obfuscated (inverted), in the last 32.
-pub fn embedded_v4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+pub(crate) fn embedded_v4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
     let b = v6.octets();
     let seg = v6.segments();
     let v4 = |o: [u8; 4]| Ipv4Addr::from(o);
@@ -186,7 +186,7 @@ fn in_net(ip: IpAddr, net: IpAddr, len: u8) -> bool {
 
 /// The server's destination policy.
 #[derive(Debug, Clone)]
-pub struct Acl {
+pub(crate) struct Acl {
     pub allow: Vec<Rule>,
     pub deny: Vec<Rule>,
     pub default_allow: bool,
@@ -194,7 +194,7 @@ pub struct Acl {
 
 impl Acl {
     /// No policy: the agent's own connections (direct routes, its servers).
-    pub fn any() -> Acl {
+    pub(crate) fn any() -> Acl {
         Acl {
             allow: Vec::new(),
             deny: Vec::new(),
@@ -206,7 +206,7 @@ impl Acl {
     /// (see [`embedded_v4`]) are permitted: a deny rule for an IPv4
     /// network cannot be dodged by writing the address in an IPv6 form, and
     /// an allow rule for one form does not open the others.
-    pub fn permits(&self, addr: SocketAddr) -> bool {
+    pub(crate) fn permits(&self, addr: SocketAddr) -> bool {
         let ip = canonical(addr.ip());
         let views = match ip {
             IpAddr::V6(v6) => embedded_v4(v6),

@@ -11,26 +11,26 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Counts live connections; a slot is released when its guard drops.
-pub struct Slots {
+pub(crate) struct Slots {
     live: AtomicUsize,
 }
 
 /// One live connection.
-pub struct Slot(Arc<Slots>);
+pub(crate) struct Slot(Arc<Slots>);
 
 impl Slots {
-    pub fn new() -> Slots {
+    pub(crate) fn new() -> Slots {
         Slots {
             live: AtomicUsize::new(0),
         }
     }
 
-    pub fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.live.load(Ordering::Relaxed)
     }
 
     /// Takes a slot unless `max` are in use.
-    pub fn take(self: &Arc<Self>, max: usize) -> Option<Slot> {
+    pub(crate) fn take(self: &Arc<Self>, max: usize) -> Option<Slot> {
         self.live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
@@ -56,10 +56,10 @@ impl Drop for Slot {
 /// IPv6 address (one host commonly holds a whole /64, so counting single
 /// IPv6 addresses would let it open 2^64 budgets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Source(u128);
+pub(crate) struct Source(u128);
 
 impl Source {
-    pub fn of(ip: IpAddr) -> Source {
+    pub(crate) fn of(ip: IpAddr) -> Source {
         match crate::acl::canonical(ip) {
             IpAddr::V4(v4) => Source(u32::from(v4) as u128),
             IpAddr::V6(v6) => Source((u128::from(v6) >> 64) | 1 << 127),
@@ -70,13 +70,13 @@ impl Source {
 /// Connections still in their handshake (not yet authenticated), in total
 /// and by source.
 #[derive(Default)]
-pub struct Handshakes {
+pub(crate) struct Handshakes {
     open: Mutex<(usize, HashMap<Source, usize>)>,
 }
 
 /// Why a handshake was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Full {
+pub(crate) enum Full {
     /// `max_handshakes` connections are authenticating.
     Total(usize),
     /// This source has `max_handshakes_per_source` authenticating.
@@ -94,18 +94,18 @@ impl std::fmt::Display for Full {
 
 /// One connection's place in the handshake budget, held until it has
 /// authenticated (then [`Handshaking::done`]) or ends.
-pub struct Handshaking {
+pub(crate) struct Handshaking {
     gate: Option<(Arc<Handshakes>, Source)>,
 }
 
 impl Handshakes {
-    pub fn new() -> Handshakes {
+    pub(crate) fn new() -> Handshakes {
         Handshakes::default()
     }
 
     /// Admits a handshake from `from` unless `max` are open in total or
     /// `per_source` from that source.
-    pub fn take(
+    pub(crate) fn take(
         self: &Arc<Self>,
         from: IpAddr,
         max: usize,
@@ -126,21 +126,24 @@ impl Handshakes {
             gate: Some((self.clone(), src)),
         })
     }
+}
 
+#[cfg(test)]
+impl Handshakes {
     /// Connections in their handshake now.
-    pub fn open(&self) -> usize {
+    fn open(&self) -> usize {
         self.open.lock().unwrap_or_else(|e| e.into_inner()).0
     }
 }
 
 impl Handshaking {
     /// A connection admitted without a budget (the agent's listeners).
-    pub fn none() -> Handshaking {
+    pub(crate) fn none() -> Handshaking {
         Handshaking { gate: None }
     }
 
     /// The connection authenticated: its place goes to the next one.
-    pub fn done(&mut self) {
+    pub(crate) fn done(&mut self) {
         let Some((gate, src)) = self.gate.take() else {
             return;
         };

@@ -8,16 +8,16 @@ use argh::FromArgs;
 use crate::{config, daemon, proto::auth};
 
 /// Exit codes, from sysexits.h.
-pub const EX_OK: i32 = 0;
-pub const EX_USAGE: i32 = 64;
-pub const EX_DATAERR: i32 = 65;
-pub const EX_OSERR: i32 = 71;
-pub const EX_IOERR: i32 = 74;
-pub const EX_CONFIG: i32 = 78;
+pub(crate) const EX_OK: i32 = 0;
+pub(crate) const EX_USAGE: i32 = 64;
+pub(crate) const EX_DATAERR: i32 = 65;
+pub(crate) const EX_OSERR: i32 = 71;
+pub(crate) const EX_IOERR: i32 = 74;
+pub(crate) const EX_CONFIG: i32 = 78;
 
 /// The completion scripts, the same bytes as the files in
 /// contrib/completions/ that a package installs.
-pub const COMPLETIONS: [(&str, &str); 3] = [
+pub(crate) const COMPLETIONS: [(&str, &str); 3] = [
     ("bash", include_str!("../contrib/completions/websocks.bash")),
     ("zsh", include_str!("../contrib/completions/_websocks")),
     ("fish", include_str!("../contrib/completions/websocks.fish")),

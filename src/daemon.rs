@@ -25,7 +25,7 @@ use crate::{agent, server};
 
 /// Why the daemon could not start; each maps to one exit code in `cli`.
 #[derive(Debug)]
-pub enum StartError {
+pub(crate) enum StartError {
     /// The configuration or the systemd units do not fit (EX_CONFIG).
     Config(String),
     /// The OS refused, e.g. an address could not be bound (EX_OSERR).
@@ -81,7 +81,7 @@ impl AgentLive {
 
 /// What a listener is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Server,
     Agent(agent::Kind),
 }
@@ -524,7 +524,7 @@ struct Running {
 }
 
 /// Runs the loaded sections until SIGTERM or SIGINT, then drains.
-pub fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
+pub(crate) fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
     raise_nofile(&cfg);
     let ls = listeners(&cfg, &mut act)?;
     let mut signals =

@@ -21,7 +21,7 @@ impl From<Elapsed> for io::Error {
 /// deadline has passed (at once if it already has). `fut` is polled first,
 /// so an output ready at the deadline still wins; dropped unfinished when
 /// the deadline passes.
-pub async fn timeout<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, Elapsed> {
+pub(crate) async fn timeout<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, Elapsed> {
     async { Ok(fut.await) }
         .or(async {
             Timer::at(deadline).await;

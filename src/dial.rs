@@ -17,7 +17,7 @@ use crate::proto::socks5::{Addr, Reply};
 
 /// Why a destination could not be reached.
 #[derive(Debug)]
-pub enum DialError {
+pub(crate) enum DialError {
     /// Every resolved address is denied by the ACL.
     Denied,
     /// The name did not resolve in time (or is not a valid name).
@@ -41,7 +41,7 @@ impl std::fmt::Display for DialError {
 
 impl DialError {
     /// The SOCKS5 reply for a failed connect (RFC 1928 section 6).
-    pub fn reply(&self) -> Reply {
+    pub(crate) fn reply(&self) -> Reply {
         match self {
             DialError::Denied => Reply::NotAllowed,
             DialError::Resolve(_) => Reply::HostUnreachable,
@@ -59,7 +59,7 @@ impl DialError {
 
 /// What a destination name really is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Name {
+pub(crate) enum Name {
     /// An IP literal written as a name (`"10.1.2.3"`, `"[::1]"`).
     Ip(SocketAddr),
     /// A number getaddrinfo would also take as an address (`167838211`,
@@ -70,7 +70,7 @@ pub enum Name {
 }
 
 /// Classifies a destination; IP addresses pass as they are.
-pub fn classify(addr: &Addr) -> Name {
+pub(crate) fn classify(addr: &Addr) -> Name {
     let Addr::Domain(name, port) = addr else {
         return match addr {
             Addr::Ip(sa) => Name::Ip(*sa),
@@ -108,16 +108,16 @@ pub fn classify(addr: &Addr) -> Name {
 /// thread for its whole timeout (resolv.conf: 5 s times 2 tries by
 /// default), so without a cap one user's names could fill the pool and
 /// queue everyone else's lookups behind theirs.
-pub const MAX_LOOKUPS: usize = 64;
+pub(crate) const MAX_LOOKUPS: usize = 64;
 
 /// Lookups in flight for one asker (one server user; the agent's own
 /// lookups count as one asker of their own): a quarter of the cap, so one
 /// user's hanging names leave three quarters to everyone else.
-pub const MAX_LOOKUPS_PER_ASKER: usize = MAX_LOOKUPS / 4;
+pub(crate) const MAX_LOOKUPS_PER_ASKER: usize = MAX_LOOKUPS / 4;
 
 /// Whose lookup it is: each asker gets at most its share of the slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Asker<'a> {
+pub(crate) enum Asker<'a> {
     /// A server user, by the name it authenticated with.
     User(&'a str),
     /// The agent's own lookups: direct routes and its servers' host names.
@@ -228,7 +228,7 @@ fn lookup_late(why: &'static str) -> DialError {
 /// Resolves `addr` to socket addresses by `deadline`, in one of `who`'s
 /// lookup slots. IP literals in domain form (`"127.0.0.1"`, `"::1"`) are
 /// taken as IPs without a lookup (and without a slot).
-pub async fn resolve(
+pub(crate) async fn resolve(
     addr: &Addr,
     who: Asker<'_>,
     deadline: Instant,
@@ -281,7 +281,7 @@ pub async fn resolve(
 /// Connects to `addr` within `limit`, trying each resolved address the ACL
 /// permits, and [`tune`]s the connection. A name is looked up in one of
 /// `who`'s slots (see [`resolve`]).
-pub async fn dial(
+pub(crate) async fn dial(
     addr: &Addr,
     acl: &Acl,
     limit: Duration,
@@ -337,7 +337,7 @@ pub async fn dial(
 /// per byte of the same transfer with reno, and three loopback legs in a
 /// row halved a tunnel's throughput. Reno is built into every kernel and
 /// open to unprivileged processes; a failure leaves the default in place.
-pub fn tune(s: &TcpStream, peer: SocketAddr) {
+pub(crate) fn tune(s: &TcpStream, peer: SocketAddr) {
     let _ = s.set_nodelay(true);
     if canonical(peer.ip()).is_loopback() && default_paces() {
         let _ = socket2::SockRef::from(s).set_tcp_congestion(b"reno");

@@ -11,25 +11,38 @@
 //!                              imports the other
 //! admission   relay   dial     below both: admission, the relay,
 //! wire   log   systemd         connecting, buffered reads and the graceful
-//!                              close; logging, sd_notify
-//! config                       the configuration
+//! shutdown                     close; logging, sd_notify; the stop handle
+//!                              every serve loop and relay is given
+//! config                       the configuration: a private serde schema
+//!                              checked into the types above use
 //! acl   tls   deadline         destination policy, TLS, the timeout helper
 //! proto                        sans-I/O codecs; imports nothing else
+//!
+//! Only `proto` (for the tests and fuzz targets) and `main` are public;
+//! `unsafe` is denied everywhere but `systemd` (Cargo.toml `[lints]`).
 //! ```
 
-pub mod acl;
-pub mod admission;
-pub mod agent;
-pub mod cli;
-pub mod config;
-pub mod daemon;
-mod deadline;
-pub mod dial;
-pub mod log;
+// What the binary and the tests use: the command line and the sans-I/O
+// codecs. Everything else is private to the crate.
 pub mod proto;
-pub mod relay;
-pub mod server;
+
+mod acl;
+mod admission;
+mod agent;
+mod cli;
+mod config;
+mod daemon;
+mod deadline;
+mod dial;
+mod log;
+mod relay;
+mod server;
 mod shutdown;
-pub mod systemd;
-pub mod tls;
-pub mod wire;
+// The one place that needs `unsafe`: taking ownership of the descriptors
+// systemd passes (LISTEN_FDS).
+#[allow(unsafe_code)]
+mod systemd;
+mod tls;
+mod wire;
+
+pub use cli::main;

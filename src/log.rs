@@ -23,7 +23,7 @@ type Syslog = syslog::Logger<LoggerBackend, Formatter3164>;
 
 /// The target of an info record that is a notice (syslog's level between
 /// info and warning, which `log` lacks): `log::info!(target: NOTICE, ..)`.
-pub const NOTICE: &str = "websocks::notice";
+pub(crate) const NOTICE: &str = "websocks::notice";
 
 enum Sink {
     Stderr,
@@ -175,7 +175,7 @@ static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
 
 /// Installs the logger (once) and sets the level. Later calls only change
 /// the level.
-pub fn init(level: LogLevel, target: LogTarget, syslog_socket: &Path) {
+pub(crate) fn init(level: LogLevel, target: LogTarget, syslog_socket: &Path) {
     let logger = LOGGER.get_or_init(|| {
         let stderr = stderr_is();
         let syslog = match target {
@@ -206,14 +206,14 @@ pub fn init(level: LogLevel, target: LogTarget, syslog_socket: &Path) {
 /// Whether what is logged already shows where stderr goes: records go to
 /// stderr, or to syslog while stderr is the journal. When not (syslog with
 /// stderr on a terminal or a pipe), a fatal error is printed on stderr too.
-pub fn reaches_stderr() -> bool {
+pub(crate) fn reaches_stderr() -> bool {
     LOGGER
         .get()
         .is_some_and(|l| matches!(l.sink, Sink::Stderr) || l.journal)
 }
 
 /// Changes the level (on reload).
-pub fn set_level(level: LogLevel) {
+pub(crate) fn set_level(level: LogLevel) {
     log::set_max_level(match level {
         LogLevel::Error => LevelFilter::Error,
         LogLevel::Warn => LevelFilter::Warn,

@@ -1,5 +1,5 @@
 //! The `websocks` binary: everything lives in the library.
 
 fn main() {
-    std::process::exit(websocks::cli::main());
+    std::process::exit(websocks::main());
 }

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ const BUF: usize = 64 * 1024;
 
 /// How a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// Both sides sent FIN.
     Closed,
     /// No byte either way for the idle timeout.
@@ -41,7 +41,7 @@ impl End {
     /// Whether the tunnel ended before both sides finished: then both sides
     /// get a reset, not a FIN, so neither takes a truncated stream for a
     /// complete one.
-    pub fn truncated(self) -> bool {
+    pub(crate) fn truncated(self) -> bool {
         !matches!(self, End::Closed | End::Idle)
     }
 }
@@ -51,7 +51,7 @@ impl End {
 /// like nginx's `proxy_send_timeout`), and how much kernel buffer
 /// (`buffer`).
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub idle: Duration,
     pub send: Duration,
     /// Bytes a tunnel may hold per direction in kernel buffers (0: the
@@ -81,7 +81,7 @@ const STALL_AFTER_CLOSE: Duration = Duration::from_secs(1);
 
 /// Resets `s` when it is closed (SO_LINGER 0): the peer sees
 /// ECONNRESET instead of a clean end of stream.
-pub fn reset_on_close(s: &async_net::TcpStream) {
+pub(crate) fn reset_on_close(s: &async_net::TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
@@ -152,7 +152,7 @@ impl std::fmt::Display for End {
 
 /// Byte counts and the way the tunnel ended.
 #[derive(Debug, Clone, Copy)]
-pub struct Totals {
+pub(crate) struct Totals {
     /// Client to destination.
     pub up: u64,
     /// Destination to client.
@@ -384,7 +384,7 @@ async fn pump(
 /// `idle`, or `stop` reaches [`Stage::Cut`]. Plain TCP on both sides goes
 /// through the kernel with splice(2) on Linux: no user-space copy, and no
 /// buffer held while a tunnel is idle.
-pub async fn relay(client: Stream, dest: Stream, t: Limits, stop: &Shutdown) -> Totals {
+pub(crate) async fn relay(client: Stream, dest: Stream, t: Limits, stop: &Shutdown) -> Totals {
     relay_up_to(client, dest, t, None, stop).await
 }
 
@@ -433,7 +433,7 @@ async fn limited(
 
 /// [`relay`], with the client-to-destination direction limited to a
 /// request body when given (then copied through memory, not spliced).
-pub async fn relay_up_to(
+pub(crate) async fn relay_up_to(
     client: Stream,
     dest: Stream,
     t: Limits,
@@ -456,7 +456,7 @@ pub async fn relay_up_to(
         0 => splice::CHUNK,
         b => (b / 4).clamp(16 * 1024, splice::CHUNK),
     };
-    let finished = std::sync::atomic::AtomicBool::new(false);
+    let finished = AtomicBool::new(false);
     let (a, b): (Dir<'_>, Dir<'_>) = match (client, dest, up_limit) {
         (client, dest, Some(limit)) => {
             let (cr, cw) = halves(client);
@@ -491,82 +491,8 @@ pub async fn relay_up_to(
             )
         }
     };
-    let both = async {
-        let mut a = pin!(async {
-            a.await.map_err(|(side, e)| match side {
-                Side::Reader => End::ClientError(e.kind()),
-                Side::Writer => End::DestError(e.kind()),
-            })
-        });
-        let mut b = pin!(async {
-            b.await.map_err(|(side, e)| match side {
-                Side::Reader => End::DestError(e.kind()),
-                Side::Writer => End::ClientError(e.kind()),
-            })
-        });
-        let (mut a_done, mut b_done) = (false, false);
-        future::poll_fn(|cx| {
-            if !a_done && let Poll::Ready(r) = a.as_mut().poll(cx) {
-                if let Err(e) = r {
-                    return Poll::Ready(e);
-                }
-                a_done = true;
-                finished.store(true, Ordering::Relaxed);
-                // The watchdog now applies the shorter stall limit.
-                watch.event.notify(1);
-            }
-            if !b_done && let Poll::Ready(r) = b.as_mut().poll(cx) {
-                if let Err(e) = r {
-                    return Poll::Ready(e);
-                }
-                b_done = true;
-                finished.store(true, Ordering::Relaxed);
-                watch.event.notify(1);
-            }
-            if a_done && b_done {
-                Poll::Ready(End::Closed)
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
-    };
-    // Sleeps until the idle timeout or the end of a stall, whichever is
-    // first, and wakes early when a stall begins.
-    let watchdog = async {
-        loop {
-            let woken = watch.event.listen();
-            let quiet = epoch
-                .elapsed()
-                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-            if quiet >= t.idle {
-                return End::Idle;
-            }
-            let limit = if finished.load(Ordering::Relaxed) {
-                t.send.min(STALL_AFTER_CLOSE)
-            } else {
-                t.send
-            };
-            let mut next = t.idle - quiet;
-            for stall in [&up_stall, &down_stall] {
-                if let Some(lasted) = stall.lasted(epoch) {
-                    if lasted >= limit {
-                        return End::Stalled;
-                    }
-                    next = next.min(limit - lasted);
-                }
-            }
-            watch.wake_at.store(
-                (epoch.elapsed() + next).as_millis() as u64,
-                Ordering::Relaxed,
-            );
-            async {
-                Timer::after(next).await;
-            }
-            .or(woken)
-            .await;
-        }
-    };
+    let both = both_directions(a, b, &finished, &watch);
+    let watchdog = watchdog(&watch, &last, &finished, [&up_stall, &down_stall], epoch, t);
     let end = both
         .or(watchdog)
         .or(async {
@@ -582,5 +508,93 @@ pub async fn relay_up_to(
         up: up.load(Ordering::Relaxed),
         down: down.load(Ordering::Relaxed),
         end,
+    }
+}
+
+/// Runs both directions (`a` client to destination, `b` back) until both
+/// have finished, or one fails: the first error ends the tunnel. When one
+/// finishes, `finished` is set and the watchdog woken (it then applies the
+/// shorter stall limit).
+async fn both_directions(a: Dir<'_>, b: Dir<'_>, finished: &AtomicBool, watch: &Watch) -> End {
+    let mut a = pin!(async {
+        a.await.map_err(|(side, e)| match side {
+            Side::Reader => End::ClientError(e.kind()),
+            Side::Writer => End::DestError(e.kind()),
+        })
+    });
+    let mut b = pin!(async {
+        b.await.map_err(|(side, e)| match side {
+            Side::Reader => End::DestError(e.kind()),
+            Side::Writer => End::ClientError(e.kind()),
+        })
+    });
+    let (mut a_done, mut b_done) = (false, false);
+    future::poll_fn(|cx| {
+        if !a_done && let Poll::Ready(r) = a.as_mut().poll(cx) {
+            if let Err(e) = r {
+                return Poll::Ready(e);
+            }
+            a_done = true;
+            finished.store(true, Ordering::Relaxed);
+            watch.event.notify(1);
+        }
+        if !b_done && let Poll::Ready(r) = b.as_mut().poll(cx) {
+            if let Err(e) = r {
+                return Poll::Ready(e);
+            }
+            b_done = true;
+            finished.store(true, Ordering::Relaxed);
+            watch.event.notify(1);
+        }
+        if a_done && b_done {
+            Poll::Ready(End::Closed)
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Sleeps until the idle timeout or the end of a stall, whichever is
+/// first, and wakes early when a stall begins; returns why the tunnel ends.
+async fn watchdog(
+    watch: &Watch,
+    last: &AtomicU64,
+    finished: &AtomicBool,
+    stalls: [&Stall<'_>; 2],
+    epoch: Instant,
+    t: Limits,
+) -> End {
+    loop {
+        let woken = watch.event.listen();
+        let quiet = epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+        if quiet >= t.idle {
+            return End::Idle;
+        }
+        let limit = if finished.load(Ordering::Relaxed) {
+            t.send.min(STALL_AFTER_CLOSE)
+        } else {
+            t.send
+        };
+        let mut next = t.idle - quiet;
+        for stall in stalls {
+            if let Some(lasted) = stall.lasted(epoch) {
+                if lasted >= limit {
+                    return End::Stalled;
+                }
+                next = next.min(limit - lasted);
+            }
+        }
+        watch.wake_at.store(
+            (epoch.elapsed() + next).as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        async {
+            Timer::after(next).await;
+        }
+        .or(woken)
+        .await;
     }
 }

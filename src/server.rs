@@ -12,7 +12,7 @@ use async_net::TcpStream;
 use futures_lite::{AsyncWriteExt, FutureExt};
 
 use crate::admission::Handshaking;
-use crate::config::{ReplyAddress, Server};
+use crate::config::{ReplyAddress, Secret, Server};
 use crate::deadline::timeout;
 use crate::dial::{Asker, DialError, dial};
 use crate::proto::http::{self, HeadError};
@@ -134,18 +134,18 @@ impl std::fmt::Display for Failure {
 /// PONGs a waiting connection may send in one second. A keepalive needs
 /// one every few seconds at most; a burst after a stall may bring a few
 /// dozen at once. More is a flood: the connection is closed.
-pub const PONGS_PER_SECOND: usize = 100;
+pub(crate) const PONGS_PER_SECOND: usize = 100;
 
 /// The server configuration in force. A reload swaps it whole and wakes
 /// every connection still waiting for its frame, so a grant made under the
 /// old configuration is checked against the new one at once.
-pub struct Current {
+pub(crate) struct Current {
     cfg: std::sync::RwLock<Arc<Server>>,
     swapped: event_listener::Event,
 }
 
 impl Current {
-    pub fn new(cfg: Server) -> Arc<Current> {
+    pub(crate) fn new(cfg: Server) -> Arc<Current> {
         Arc::new(Current {
             cfg: std::sync::RwLock::new(Arc::new(cfg)),
             swapped: event_listener::Event::new(),
@@ -153,12 +153,12 @@ impl Current {
     }
 
     /// The snapshot in force now.
-    pub fn get(&self) -> Arc<Server> {
+    pub(crate) fn get(&self) -> Arc<Server> {
         self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Puts `cfg` in force and tells the waiting connections.
-    pub fn set(&self, cfg: Server) {
+    pub(crate) fn set(&self, cfg: Server) {
         *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(cfg);
         self.swapped.notify(usize::MAX);
     }
@@ -216,7 +216,7 @@ impl std::fmt::Display for Waited {
 /// when configured, then the handshake, then the relay. `admitted` is its
 /// place in the handshake budget, given up once it has authenticated;
 /// `stop` ends it early when the daemon stops (see [`Stage`]).
-pub async fn serve(
+pub(crate) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     current: Arc<Current>,
@@ -370,30 +370,8 @@ async fn handshake(
     let up = ws::check_upgrade(&head).map_err(Failure::Upgrade)?;
 
     // 2. Credentials (spec chapter "Auth"), then the subprotocol.
-    let value = up
-        .authorization
-        .as_deref()
-        .ok_or(Failure::Unauthorized("no Authorization header", None))?;
-    let cred = auth::parse_basic(value)
-        .map_err(|_| Failure::Unauthorized("malformed Authorization", None))?;
-    let known = cfg.users.get(&cred.user);
-    // An unknown user costs the same hashing as a known one.
-    let digest = known
-        .map(|s| s.expose())
-        .unwrap_or("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
-    let ok = auth::verify(&cred.field, digest, now_ms());
-    let granted = match (known, ok) {
-        (Some(d), true) => d.clone(),
-        (None, _) => return Err(Failure::Unauthorized("unknown user", Some(cred.user))),
-        (Some(_), false) => {
-            return Err(Failure::Unauthorized(
-                "wrong or expired password hash",
-                Some(cred.user),
-            ));
-        }
-    };
-    let user = cred.user;
-    rec.user = Some(user.clone());
+    let grant = authenticate(up.authorization.as_deref(), cfg)?;
+    rec.user = Some(grant.user.clone());
     // Authenticated: its place in the handshake budget goes to the next.
     admitted.done();
     if !up.socks5_offered {
@@ -404,13 +382,71 @@ async fn handshake(
     c.send(&out).await?;
     rec.waiting = Some((Instant::now(), None));
 
-    // 3. PONGs, then the 10-byte frame. A pooled connection may sit here
-    // for long, kept alive by a PONG now and then: each wait is bounded by
-    // the idle timeout, not the handshake's.
-    // PONGs are consumed in bulk, at most PONGS_PER_SECOND a second; a
-    // reload that removes the user (or changes the password) closes the
-    // connection at once.
-    let waiting = stop.waiting();
+    // 3. PONGs, then the 10-byte frame.
+    wait_for_frame(c, cfg, current, stop, &grant).await?;
+    rec.waiting = rec.waiting.map(|(from, _)| (from, Some(Instant::now())));
+    c.deadline = Instant::now() + cfg.timeouts.handshake;
+
+    // 4. SOCKS5 greeting: no authentication (the upgrade authenticated).
+    greet(c).await?;
+
+    // 5. The request.
+    let req = c.next(socks5::parse_request, Failure::Request).await?;
+    rec.request = Some(Instant::now());
+    rec.dest = Some(req.addr.clone());
+    if req.cmd != socks5::CMD_CONNECT {
+        return Err(Failure::Command(req.cmd));
+    }
+
+    // 6. Connect, and only then answer.
+    connect(c, current, &req.addr, &grant).await
+}
+
+/// Who a connection authenticated as, and the digest that let it in (a
+/// reload that changes it revokes the grant).
+struct Grant {
+    user: String,
+    digest: Secret,
+}
+
+/// Checks the `Authorization` value against the users of `cfg`.
+fn authenticate(value: Option<&str>, cfg: &Server) -> Result<Grant, Failure> {
+    let value = value.ok_or(Failure::Unauthorized("no Authorization header", None))?;
+    let cred = auth::parse_basic(value)
+        .map_err(|_| Failure::Unauthorized("malformed Authorization", None))?;
+    let known = cfg.users.get(&cred.user);
+    // An unknown user costs the same hashing as a known one.
+    let digest = known
+        .map(|s| s.expose())
+        .unwrap_or("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    let ok = auth::verify(&cred.field, digest, now_ms());
+    match (known, ok) {
+        (Some(d), true) => Ok(Grant {
+            user: cred.user,
+            digest: d.clone(),
+        }),
+        (None, _) => Err(Failure::Unauthorized("unknown user", Some(cred.user))),
+        (Some(_), false) => Err(Failure::Unauthorized(
+            "wrong or expired password hash",
+            Some(cred.user),
+        )),
+    }
+}
+
+/// Consumes PONGs until the 10-byte frame. A pooled connection may sit
+/// here for long, kept alive by a PONG now and then: each wait is bounded
+/// by the idle timeout, not the handshake's. PONGs are consumed in bulk,
+/// at most PONGS_PER_SECOND a second; a reload that removes the user (or
+/// changes the password) closes the connection at once, and so does the
+/// start of a drain.
+async fn wait_for_frame(
+    c: &mut Conn,
+    cfg: &Server,
+    current: &Current,
+    stop: &Shutdown,
+    grant: &Grant,
+) -> Result<(), Failure> {
+    let _waiting = stop.waiting();
     let mut window = (Instant::now(), 0usize);
     c.deadline = Instant::now() + cfg.timeouts.idle;
     loop {
@@ -429,15 +465,14 @@ async fn handshake(
         match ws::parse_preamble(&c.buf).map_err(Failure::Frame)? {
             Parse::Done(ws::Preamble::Frame, used) => {
                 c.buf.drain(..used);
-                rec.waiting = rec.waiting.map(|(from, _)| (from, Some(Instant::now())));
-                break;
+                return Ok(());
             }
             Parse::Done(ws::Preamble::Pong, _) => continue,
             Parse::Incomplete => {}
         }
         // Listen before checking, so a swap between the two is not missed.
         let swapped = current.swapped.listen();
-        if !current.get().users.grants(&user, &granted) {
+        if !current.get().users.grants(&grant.user, &grant.digest) {
             return Err(Failure::Revoked(false));
         }
         let woke = async { Woke::Bytes(c.more().await) }
@@ -454,18 +489,18 @@ async fn handshake(
             r?;
         }
     }
-    drop(waiting);
-    c.deadline = Instant::now() + cfg.timeouts.handshake;
-    // Answer with our frame (and the method choice too when the greeting
-    // is already here, as the reference does).
-    out.clear();
+}
+
+/// Answers with our frame (and the method choice too when the greeting is
+/// already here, as the reference does), then takes the greeting: no
+/// authentication, since the upgrade authenticated.
+async fn greet(c: &mut Conn) -> Result<(), Failure> {
+    let mut out = Vec::with_capacity(16);
     out.extend_from_slice(&ws::FRAME);
     if matches!(socks5::parse_greeting(&c.buf), Ok(Parse::Incomplete)) {
         c.send(&out).await?;
         out.clear();
     }
-
-    // 4. SOCKS5 greeting: no authentication (the upgrade authenticated).
     let greeting = c
         .next(socks5::parse_greeting, |e| Failure::Greeting(Some(e)))
         .await;
@@ -482,40 +517,39 @@ async fn handshake(
     }
     socks5::write_choice(&mut out, socks5::METHOD_NO_AUTH);
     c.send(&out).await?;
+    Ok(())
+}
 
-    // 5. The request.
-    let req = c.next(socks5::parse_request, Failure::Request).await?;
-    rec.request = Some(Instant::now());
-    rec.dest = Some(req.addr.clone());
-    if req.cmd != socks5::CMD_CONNECT {
-        return Err(Failure::Command(req.cmd));
-    }
-
-    // 6. Connect, and only then answer, under the configuration in force
-    // now: the grant must still hold, and its policy is today's. A name is
-    // looked up in one of this user's lookup slots, so one user's hanging
-    // DNS cannot take them all.
+/// Connects to `addr` and only then answers, under the configuration in
+/// force now: the grant must still hold, and its policy is today's. A name
+/// is looked up in one of this user's lookup slots, so one user's hanging
+/// DNS cannot take them all.
+async fn connect(
+    c: &mut Conn,
+    current: &Current,
+    addr: &Addr,
+    grant: &Grant,
+) -> Result<Granted, Failure> {
     let cfg = current.get();
-    if !cfg.users.grants(&user, &granted) {
+    if !cfg.users.grants(&grant.user, &grant.digest) {
         return Err(Failure::Revoked(true));
     }
     let dest = dial(
-        &req.addr,
+        addr,
         &cfg.acl,
         cfg.timeouts.connect,
-        Asker::User(&user),
+        Asker::User(&grant.user),
     )
     .await
     .map_err(Failure::Dial)?;
     let bound = match cfg.reply_address {
-        ReplyAddress::Hidden => SocketAddr::new(socks5::UNSPECIFIED.ip(), req.addr.port()),
+        ReplyAddress::Hidden => SocketAddr::new(socks5::UNSPECIFIED.ip(), addr.port()),
         ReplyAddress::Local => dest.local_addr().unwrap_or(socks5::UNSPECIFIED),
     };
-    out.clear();
+    let mut out = Vec::with_capacity(32);
     socks5::write_reply(&mut out, Reply::Succeeded, &Addr::Ip(bound));
     c.deadline = Instant::now() + cfg.timeouts.handshake;
     c.send(&out).await?;
-
     let t = relay::Limits {
         idle: cfg.timeouts.idle,
         send: cfg.timeouts.send,

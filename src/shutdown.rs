@@ -10,7 +10,7 @@ use event_listener::Event;
 /// How far the stop has come; each stage includes the ones before it. A
 /// new handle (serving) has reached none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Stage {
+pub(crate) enum Stage {
     /// The accept loops return, closing their listeners.
     Closed = 1,
     /// Connections that carry no tunnel yet (an agent's pooled connections
@@ -24,7 +24,7 @@ pub enum Stage {
 
 /// A handle on the daemon's stop; clones share it.
 #[derive(Clone, Default)]
-pub struct Shutdown(Arc<Inner>);
+pub(crate) struct Shutdown(Arc<Inner>);
 
 #[derive(Default)]
 struct Inner {
@@ -35,23 +35,23 @@ struct Inner {
 }
 
 impl Shutdown {
-    pub fn new() -> Shutdown {
+    pub(crate) fn new() -> Shutdown {
         Shutdown::default()
     }
 
     /// Moves the stop on to `stage` (never back) and wakes whoever waits.
-    pub fn enter(&self, stage: Stage) {
+    pub(crate) fn enter(&self, stage: Stage) {
         self.0.stage.fetch_max(stage as u8, Ordering::SeqCst);
         self.0.moved.notify(usize::MAX);
     }
 
     /// Whether the stop has reached `stage`.
-    pub fn reached(&self, stage: Stage) -> bool {
+    pub(crate) fn reached(&self, stage: Stage) -> bool {
         self.0.stage.load(Ordering::SeqCst) >= stage as u8
     }
 
     /// Resolves once the stop has reached `stage`.
-    pub async fn until(&self, stage: Stage) {
+    pub(crate) async fn until(&self, stage: Stage) {
         loop {
             if self.reached(stage) {
                 return;
@@ -69,19 +69,19 @@ impl Shutdown {
     /// Counts a connection as waiting for its frame while the guard lives:
     /// such connections end at once at [`Stage::Draining`] and are not
     /// part of the drain.
-    pub fn waiting(&self) -> Waiting {
+    pub(crate) fn waiting(&self) -> Waiting {
         self.0.waiting.fetch_add(1, Ordering::SeqCst);
         Waiting(self.clone())
     }
 
     /// How many connections wait for their frame.
-    pub fn waiting_for_frame(&self) -> usize {
+    pub(crate) fn waiting_for_frame(&self) -> usize {
         self.0.waiting.load(Ordering::SeqCst)
     }
 }
 
 /// One connection waiting for its frame (see [`Shutdown::waiting`]).
-pub struct Waiting(Shutdown);
+pub(crate) struct Waiting(Shutdown);
 
 impl Drop for Waiting {
     fn drop(&mut self) {

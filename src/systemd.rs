@@ -10,32 +10,32 @@ use sd_notify::NotifyState;
 
 /// Listening sockets handed over by systemd, by `FileDescriptorName=`.
 #[derive(Debug, Default)]
-pub struct Activated {
+pub(crate) struct Activated {
     by_name: HashMap<String, Vec<std::net::TcpListener>>,
 }
 
 impl Activated {
     /// Takes the sockets named `name` (several sockets may share a name,
     /// e.g. an IPv4 and an IPv6 one).
-    pub fn take(&mut self, name: &str) -> Vec<std::net::TcpListener> {
+    pub(crate) fn take(&mut self, name: &str) -> Vec<std::net::TcpListener> {
         self.by_name.remove(name).unwrap_or_default()
     }
 
     /// Names passed but not taken by any section.
-    pub fn leftover(&self) -> Vec<String> {
+    pub(crate) fn leftover(&self) -> Vec<String> {
         let mut v: Vec<String> = self.by_name.keys().cloned().collect();
         v.sort();
         v
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
 }
 
 /// Why the passed sockets cannot be used.
 #[derive(Debug)]
-pub struct ActivationError(pub String);
+pub(crate) struct ActivationError(pub String);
 
 impl std::fmt::Display for ActivationError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,7 +75,7 @@ fn tcp_listener(
 /// Takes the sockets systemd passed (LISTEN_PID, LISTEN_FDS,
 /// LISTEN_FDNAMES) and clears those variables so children do not inherit
 /// them. Must run before any thread is started.
-pub fn take_activated() -> Result<Activated, ActivationError> {
+pub(crate) fn take_activated() -> Result<Activated, ActivationError> {
     // SAFETY: called once from `main` before any other thread exists, so
     // removing environment variables cannot race a reader; and each
     // descriptor from 3 to 3+LISTEN_FDS was passed to this very process
@@ -101,12 +101,12 @@ fn send(states: &[NotifyState]) {
 }
 
 /// READY=1 with a status line.
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// RELOADING=1 with MONOTONIC_USEC, as systemd 253+ wants before a reload.
-pub fn reloading() {
+pub(crate) fn reloading() {
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[
             NotifyState::Reloading,
@@ -118,27 +118,22 @@ pub fn reloading() {
 }
 
 /// STOPPING=1 with a status line.
-pub fn stopping(status: &str) {
+pub(crate) fn stopping(status: &str) {
     send(&[NotifyState::Stopping, NotifyState::Status(status)]);
 }
 
 /// STATUS= only.
-pub fn status(status: &str) {
+pub(crate) fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
 /// How often to send WATCHDOG=1, when systemd asked for it: half the
 /// interval, as sd_watchdog_enabled(3) recommends.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|d| d / 2)
 }
 
 /// WATCHDOG=1.
-pub fn watchdog() {
+pub(crate) fn watchdog() {
     send(&[NotifyState::Watchdog]);
-}
-
-/// Whether a notify socket is set (for tests and logs).
-pub fn notify_socket_set() -> bool {
-    std::env::var_os("NOTIFY_SOCKET").is_some()
 }

@@ -37,7 +37,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// A server configuration from a PEM certificate chain and a PEM key
 /// (PKCS#8, PKCS#1 or SEC1).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
     let certs = read_certs(cert)?;
     let key_der =
         PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
@@ -59,7 +59,10 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
 
 /// A client configuration: the system's trust store plus `ca_file`, or no
 /// verification at all when `insecure`.
-pub fn client_config(ca_file: Option<&Path>, insecure: bool) -> Result<Arc<ClientConfig>, String> {
+pub(crate) fn client_config(
+    ca_file: Option<&Path>,
+    insecure: bool,
+) -> Result<Arc<ClientConfig>, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -139,13 +142,13 @@ impl ServerCertVerifier for NoVerification {
 }
 
 /// The name to verify and send as SNI: an IP literal or a DNS name.
-pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string())
         .map_err(|_| format!("`{host}` is not a valid TLS server name"))
 }
 
 /// A connection, plain or TLS.
-pub enum Stream {
+pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<futures_rustls::TlsStream<TcpStream>>),
 }
@@ -154,14 +157,14 @@ impl Stream {
     /// Writes all of `bytes` and flushes: rustls may keep encrypted bytes in
     /// its own buffer after a write that reported success, and nothing
     /// else would push them out.
-    pub async fn send_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) async fn send_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         use futures_lite::AsyncWriteExt;
         self.write_all(bytes).await?;
         self.flush().await
     }
 
     /// The TCP connection underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
             Stream::Tls(t) => t.get_ref().0,
@@ -170,13 +173,13 @@ impl Stream {
 }
 
 /// Accepts TLS on `tcp`.
-pub async fn accept(tcp: TcpStream, cfg: Arc<ServerConfig>) -> io::Result<Stream> {
+pub(crate) async fn accept(tcp: TcpStream, cfg: Arc<ServerConfig>) -> io::Result<Stream> {
     let t = futures_rustls::TlsAcceptor::from(cfg).accept(tcp).await?;
     Ok(Stream::Tls(Box::new(t.into())))
 }
 
 /// Starts TLS as a client on `tcp`.
-pub async fn connect(
+pub(crate) async fn connect(
     tcp: TcpStream,
     cfg: Arc<ClientConfig>,
     name: ServerName<'static>,

@@ -16,7 +16,7 @@ const READ: usize = 2048;
 
 /// Why no more bytes came (or could be sent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gone {
+pub(crate) enum Gone {
     Closed,
     TimedOut,
     /// A read or write failed, with this kind of error.
@@ -26,7 +26,7 @@ pub enum Gone {
 }
 
 impl Gone {
-    pub fn why(self) -> &'static str {
+    pub(crate) fn why(self) -> &'static str {
         match self {
             Gone::Closed => "closed during handshake",
             Gone::TimedOut => "handshake timed out",
@@ -46,14 +46,14 @@ impl From<io::Error> for Gone {
 }
 
 /// A stream, what was read from it and not used yet, and the deadline.
-pub struct Wire<S> {
+pub(crate) struct Wire<S> {
     pub stream: S,
     pub buf: Vec<u8>,
     pub deadline: Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
-    pub fn new(stream: S, deadline: Instant) -> Wire<S> {
+    pub(crate) fn new(stream: S, deadline: Instant) -> Wire<S> {
         Wire {
             stream,
             buf: Vec::new(),
@@ -65,7 +65,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// separate chunk lives in the future), or fails on EOF, error or the
     /// deadline. Cancel-safe: dropped before it completes, it leaves `buf`
     /// as it was (a waiting connection races it with reloads).
-    pub async fn more(&mut self) -> Result<(), Gone> {
+    pub(crate) async fn more(&mut self) -> Result<(), Gone> {
         /// Cuts `buf` back to the bytes really read, however the read ends.
         struct Keep<'a>(&'a mut Vec<u8>, usize);
         impl Drop for Keep<'_> {
@@ -95,7 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
     /// Runs `parse` over the buffer until it completes, reading as needed;
     /// consumes the bytes it used. `wrap` turns a parse error into `F`.
-    pub async fn next<T, E, F: From<Gone>>(
+    pub(crate) async fn next<T, E, F: From<Gone>>(
         &mut self,
         parse: impl Fn(&[u8]) -> Result<Parse<T>, E>,
         wrap: impl Fn(E) -> F,
@@ -112,7 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     }
 
     /// Writes `bytes` before the deadline.
-    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), Gone> {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<(), Gone> {
         let stream = &mut self.stream;
         let sent = async {
             stream.write_all(bytes).await?;
@@ -129,7 +129,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 /// sends (at most 256 KiB, for at most `wait`), so closing with unread input
 /// does not turn into a reset that destroys the answer before the peer
 /// reads it.
-pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     last: &[u8],
     wait: Duration,

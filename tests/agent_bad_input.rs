@@ -16,6 +16,7 @@ use websocks::proto::socks5::{self, Addr};
 // ---------------------------------------------------------- bad input
 
 #[test]
+#[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn bad_local_input_is_answered_cleanly() {
     let server = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
     let mut d = simple_agent(server.addr(), "  timeouts: {handshake: 1s}\n");

@@ -61,7 +61,7 @@ impl Toggle {
                     g.next_gen - 1
                 };
                 let (c2, s2, st3) = (c.try_clone().unwrap(), s.try_clone().unwrap(), st2.clone());
-                thread::spawn(move || toggle_up(c2, s2, epoch, st3));
+                thread::spawn(move || toggle_up(c2, s2, epoch, &st3));
                 thread::spawn(move || {
                     let (mut s, mut c) = (s, c);
                     let _ = std::io::copy(&mut s, &mut c);
@@ -93,7 +93,7 @@ impl Toggle {
     }
 }
 
-fn toggle_up(mut c: TcpStream, mut s: TcpStream, epoch: u64, st: Arc<Mutex<ToggleState>>) {
+fn toggle_up(mut c: TcpStream, mut s: TcpStream, epoch: u64, st: &Mutex<ToggleState>) {
     let mut buf = [0u8; 16384];
     loop {
         let n = match c.read(&mut buf) {

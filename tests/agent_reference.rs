@@ -327,6 +327,7 @@ fn drain(s: &mut TcpStream, limit: Duration) -> Result<Vec<u8>, String> {
     }
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn handle(mut s: TcpStream, mode: Mode, ctx: &Ctx) -> Result<Outcome, String> {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();

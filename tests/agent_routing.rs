@@ -16,6 +16,7 @@ use websocks::proto::socks5::Addr;
 // --------------------------------------------------------------- routing
 
 #[test]
+#[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn routing_rules_first_match_wins() {
     let s1 = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
     let s2 = Daemon::server(&server_yaml(ALLOW_LOOPBACK));

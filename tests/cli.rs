@@ -489,7 +489,7 @@ fn bash_completes_commands_options_and_files() {
     std::fs::write(dir.join("server.yaml"), "").unwrap();
     std::fs::write(dir.join("agent.yaml"), "").unwrap();
     let v = |s: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = s.iter().map(|x| x.to_string()).collect();
+        let mut v: Vec<String> = s.iter().map(std::string::ToString::to_string).collect();
         v.sort();
         v
     };

@@ -121,6 +121,7 @@ fn curl_through_socks5_bridge_and_server() {
 // ---------------------------------------------------------------- curl
 
 #[test]
+#[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn curl_through_agent_and_server() {
     let Some(curl_bin) = need_tool("curl", "curl") else {
         return;

@@ -216,7 +216,7 @@ fn echo_through(server: SocketAddr, user: &str, pass: &str, dest: &Addr) -> Dura
 
 fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
+        .map(std::iter::Iterator::count)
         .unwrap_or(0)
 }
 

@@ -211,7 +211,7 @@ fn kernel_memory(pid: u32) -> Option<(u64, u64)> {
         use std::os::unix::fs::OpenOptionsExt;
         if let Ok(f) = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
             .open(e.path())
         {
             pipes += rustix::io::ioctl_fionread(&f).unwrap_or(0);

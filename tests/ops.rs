@@ -331,6 +331,7 @@ fn text(o: &Output) -> String {
 /// other; where that is impossible, the STYLE lines about each other are
 /// accepted and reported.
 #[test]
+#[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn man_pages_lint_clean_and_render() {
     let Some(mandoc) = need_tool("mandoc", "mandoc") else {
         return;
@@ -383,7 +384,7 @@ fn man_pages_lint_clean_and_render() {
             // the system; man-db's groff prints "BSD" for an empty `.Os`,
             // so ours names the package (checked below).
             Some("STYLE") if l.contains("operating system explicitly specified: Os websocks") => {
-                println!("accepted: {l}")
+                println!("accepted: {l}");
             }
             Some("STYLE") if l.contains("referenced manual not found") => {
                 let about_ours = ours.iter().any(|x| l.contains(x));

@@ -58,8 +58,13 @@ struct Leaf {
 /// A server certificate for `names` (DNS names or IP literals) signed by
 /// `ca`; `expired` puts its validity in 2000.
 fn leaf(ca: &Ca, names: &[&str], cn: &str, serial: u64, expired: bool) -> Leaf {
-    let mut p =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let mut p = CertificateParams::new(
+        names
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
     p.distinguished_name = DistinguishedName::new();
     p.distinguished_name.push(DnType::CommonName, cn);
     p.serial_number = Some(serial.into());
@@ -316,7 +321,7 @@ fn tunnels_over_tls_with_the_test_ca() {
         // Half-close: everything goes up, then FIN; the answer comes back.
         // TLS on both sides: `threads: auto` is one executor thread per
         // core.
-        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = thread::available_parallelism().map_or(1, std::num::NonZero::get);
         assert_eq!(executor_threads(server.child.id()), cores);
         assert_eq!(executor_threads(d.child.id()), cores);
         let (rep, mut s) = socks_open(d.addr(), sink_then_echo());

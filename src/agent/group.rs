@@ -27,26 +27,26 @@ async fn check_health(up: Arc<Upstream>, interval: Duration, limit: Duration) {
 }
 
 /// Servers of one group, used round-robin.
-pub struct Group {
+pub(crate) struct Group {
     pub members: Vec<Arc<Upstream>>,
     next: AtomicUsize,
 }
 
 /// Why no server of a group could open the tunnel.
 #[derive(Debug)]
-pub struct GroupError {
+pub(crate) struct GroupError {
     pub last: UpError,
 }
 
 /// Which server answered, and its tunnel.
-pub struct Opened {
+pub(crate) struct Opened {
     pub server: String,
     pub pooled: bool,
     pub tunnel: Tunnel,
 }
 
 impl Group {
-    pub fn new(members: Vec<Arc<Upstream>>) -> Group {
+    pub(crate) fn new(members: Vec<Arc<Upstream>>) -> Group {
         Group {
             members,
             next: AtomicUsize::new(0),
@@ -57,7 +57,7 @@ impl Group {
     /// round-robin, failing over on connect/upgrade errors. A pooled
     /// connection that turns out dead is retried once on a fresh one.
     /// A SOCKS5 error reply from a server is a result, not a failure.
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         dest: &Addr,
         limit: Duration,
@@ -125,14 +125,14 @@ impl Group {
 }
 
 /// Upstreams and groups of one configuration generation.
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     pub all: Vec<Arc<Upstream>>,
     pub groups: HashMap<String, Arc<Group>>,
 }
 
 impl Upstreams {
     /// Healthy servers and all servers, for STATUS=.
-    pub fn health(&self) -> (usize, usize) {
+    pub(crate) fn health(&self) -> (usize, usize) {
         (
             self.all.iter().filter(|u| u.is_healthy()).count(),
             self.all.len(),
@@ -140,7 +140,7 @@ impl Upstreams {
     }
 
     /// Ends this generation's background tasks (after a reload).
-    pub fn retire(&self) {
+    pub(crate) fn retire(&self) {
         for u in &self.all {
             u.retire();
         }
@@ -148,7 +148,7 @@ impl Upstreams {
 }
 
 /// Builds upstreams and groups, and starts pool and health tasks on `ex`.
-pub fn start(cfg: &Agent, ex: &smol::Executor<'static>) -> Upstreams {
+pub(crate) fn start(cfg: &Agent, ex: &smol::Executor<'static>) -> Upstreams {
     for s in cfg.servers.iter().filter(|s| s.insecure) {
         log::warn!(
             "server {}: insecure_skip_verify is on: its TLS certificate is NOT checked; \

@@ -17,7 +17,7 @@ use crate::wire::{Gone, Wire};
 
 /// Why a server could not be used.
 #[derive(Debug)]
-pub enum UpError {
+pub(crate) enum UpError {
     /// TCP connect (or name resolution) failed.
     Connect(io::Error),
     /// The deadline passed.
@@ -53,7 +53,7 @@ fn now_ms() -> u64 {
 /// An upgraded connection: the 101 is in, nothing else sent yet. Its
 /// buffer holds what the server sent after its 101 head (nothing, from a
 /// conforming one).
-pub type Upgraded = Wire<Stream>;
+pub(crate) type Upgraded = Wire<Stream>;
 
 /// Reads the server's next `what`, named in the error.
 async fn read<T, E: std::fmt::Debug>(
@@ -85,7 +85,7 @@ async fn read<T, E: std::fmt::Debug>(
 /// `Upgrade: websocket`, `Connection: upgrade`, the accept value, exactly
 /// one `socks5`). Sends nothing more: the reference server drops bytes
 /// pipelined behind the request, so the frame waits for the 101.
-pub async fn upgrade(server: &UpstreamServer, limit: Duration) -> Result<Upgraded, UpError> {
+pub(crate) async fn upgrade(server: &UpstreamServer, limit: Duration) -> Result<Upgraded, UpError> {
     let deadline = Instant::now() + limit;
     let url = &server.url;
     // The same connect as everywhere: every resolved address in turn,
@@ -151,7 +151,7 @@ pub async fn upgrade(server: &UpstreamServer, limit: Duration) -> Result<Upgrade
 
 /// A tunnel the server answered: its reply, and the stream when it
 /// succeeded. `early` holds destination bytes that came with the reply.
-pub struct Tunnel {
+pub(crate) struct Tunnel {
     pub reply: ServerReply,
     pub stream: Stream,
     pub early: Vec<u8>,
@@ -162,7 +162,7 @@ pub struct Tunnel {
 /// server, so silence means a dead connection), then its reply within
 /// `reply_limit` (the server is connecting to the destination meanwhile;
 /// silence then means a slow destination, not a bad server).
-pub async fn open(
+pub(crate) async fn open(
     mut c: Upgraded,
     dest: &Addr,
     limit: Duration,

@@ -4,10 +4,10 @@
 //! side of the server's handshake), `pool` (a server and its upgraded
 //! connections), `group` (health, round-robin, failover).
 
-pub mod group;
-pub mod handshake;
-pub mod pool;
-pub mod route;
+pub(crate) mod group;
+pub(crate) mod handshake;
+pub(crate) mod pool;
+pub(crate) mod route;
 
 use std::io;
 use std::net::SocketAddr;
@@ -34,7 +34,7 @@ use handshake::UpError;
 
 /// Which local protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Socks5,
     Http,
     /// Either, told apart by the first byte (`05` is SOCKS5).
@@ -42,7 +42,7 @@ pub enum Kind {
 }
 
 /// What every agent connection shares.
-pub struct State {
+pub(crate) struct State {
     pub cfg: Agent,
     pub upstreams: group::Upstreams,
 }
@@ -50,7 +50,7 @@ pub struct State {
 impl State {
     /// The state for `cfg`, its upstream pools and health checks running on
     /// `ex` (at start, and for each reload).
-    pub fn start(cfg: Agent, ex: &smol::Executor<'static>) -> Arc<State> {
+    pub(crate) fn start(cfg: Agent, ex: &smol::Executor<'static>) -> Arc<State> {
         let upstreams = group::start(&cfg, ex);
         Arc::new(State { cfg, upstreams })
     }
@@ -328,7 +328,7 @@ fn local_auth_ok(users: &Users, user: &[u8], pass: &[u8]) -> bool {
 
 /// Serves one accepted local connection to the end and logs one line; its
 /// relay is cut when `stop` says so.
-pub async fn serve(
+pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     kind: Kind,

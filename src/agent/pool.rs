@@ -33,7 +33,7 @@ fn still_open(s: &mut Stream) -> bool {
 }
 
 /// One server: its pool and health.
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub server: UpstreamServer,
     healthy: AtomicBool,
     /// Set when a reload replaced this server: its tasks end.
@@ -44,7 +44,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(server: UpstreamServer) -> Upstream {
+    pub(crate) fn new(server: UpstreamServer) -> Upstream {
         let (wake, woken) = smol::channel::bounded(1);
         Upstream {
             server,
@@ -56,23 +56,23 @@ impl Upstream {
         }
     }
 
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
     /// Stops the pool and health tasks and closes pooled connections.
-    pub fn retire(&self) {
+    pub(crate) fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
         self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let _ = self.wake.try_send(());
     }
 
-    pub fn is_retired(&self) -> bool {
+    pub(crate) fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
     }
 
     /// Records a health state; logs changes.
-    pub fn set_health(&self, ok: bool, why: &str) {
+    pub(crate) fn set_health(&self, ok: bool, why: &str) {
         let was = self.healthy.swap(ok, Ordering::Relaxed);
         let s = &self.server;
         match (was, ok) {
@@ -83,7 +83,7 @@ impl Upstream {
     }
 
     /// A live pooled connection, if any; wakes the refiller.
-    pub fn take_pooled(&self) -> Option<Upgraded> {
+    pub(crate) fn take_pooled(&self) -> Option<Upgraded> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let mut found = None;
         while let Some(mut p) = pool.pop_front() {
@@ -103,7 +103,12 @@ impl Upstream {
 
     /// Keeps the pool at `size`, sends PONGs every `keepalive`, drops dead
     /// entries; upgrades and PONGs each get `limit`. Runs until retired.
-    pub async fn maintain_pool(self: Arc<Self>, size: usize, keepalive: Duration, limit: Duration) {
+    pub(crate) async fn maintain_pool(
+        self: Arc<Self>,
+        size: usize,
+        keepalive: Duration,
+        limit: Duration,
+    ) {
         let tick = keepalive.min(Duration::from_secs(5)) / 2;
         let mut backoff = Duration::from_millis(250);
         // When the pool was last swept. A take wakes this loop to refill;

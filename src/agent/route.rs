@@ -38,7 +38,7 @@ fn matches(r: &Route, dest: &Addr, host: &str) -> bool {
 
 /// Decides what to do with `dest`: the action, the group for `proxy`, and
 /// which rule decided (`None`: the default).
-pub fn decide<'a>(
+pub(crate) fn decide<'a>(
     routes: &'a [Route],
     default: Action,
     default_group: &'a str,

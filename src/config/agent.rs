@@ -35,7 +35,7 @@ const DEFAULT_GROUP: &str = "default";
 
 /// The agent's configuration after validation.
 #[derive(Debug, Clone)]
-pub struct Agent {
+pub(crate) struct Agent {
     pub socks5: Vec<SocketAddr>,
     pub http: Vec<SocketAddr>,
     pub mixed: Vec<SocketAddr>,
@@ -55,7 +55,7 @@ pub struct Agent {
 /// A WebSocks server the agent tunnels through: where, and the
 /// credential's digest.
 #[derive(Debug, Clone)]
-pub struct UpstreamServer {
+pub(crate) struct UpstreamServer {
     pub name: String,
     pub url: WsUrl,
     pub user: String,
@@ -72,7 +72,7 @@ pub struct UpstreamServer {
 
 /// The pool of upgraded connections kept ready per server.
 #[derive(Debug, Clone, Copy)]
-pub struct Pool {
+pub(crate) struct Pool {
     /// Connections per server; 0 disables the pool.
     pub size: usize,
     /// How often a pooled connection sends the `8A 00` PONG.
@@ -81,7 +81,7 @@ pub struct Pool {
 
 /// Health checks of each server (a real upgrade).
 #[derive(Debug, Clone, Copy)]
-pub struct HealthChecks {
+pub(crate) struct HealthChecks {
     /// Time between checks of each server.
     pub interval: Duration,
     /// How long a check may take.
@@ -90,7 +90,7 @@ pub struct HealthChecks {
 
 /// The agent's deadlines, each longer than zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AgentTimeouts {
+pub(crate) struct AgentTimeouts {
     /// A local client's SOCKS5 or HTTP request must arrive within this.
     pub handshake: Duration,
     /// Connect + upgrade to a server (each try), or a direct connect; and
@@ -110,7 +110,7 @@ pub struct AgentTimeouts {
 /// What to do with a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Action {
+pub(crate) enum Action {
     /// Through a WebSocks server group.
     #[default]
     Proxy,
@@ -123,7 +123,7 @@ pub enum Action {
 /// A validated routing rule: every condition given must hold; within a
 /// condition, any listed value may match.
 #[derive(Debug, Clone)]
-pub struct Route {
+pub(crate) struct Route {
     /// Lowercase, without a leading dot.
     pub domain_suffix: Vec<String>,
     /// Lowercase.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::Deserializer;
 
-pub mod agent;
+pub(crate) mod agent;
 #[cfg(test)]
 mod error_messages;
 mod scalar;
@@ -26,8 +26,10 @@ mod server;
 mod users;
 
 use scalar::Dur;
-pub use server::{DEFAULT_DENY, ReplyAddress, Server, ServerTimeouts};
-pub use users::{Secret, User, Users, load_users_file, looks_like_users_file};
+#[cfg(test)]
+pub(crate) use server::DEFAULT_DENY;
+pub(crate) use server::{ReplyAddress, Server};
+pub(crate) use users::{Secret, Users, load_users_file, looks_like_users_file};
 
 /// Deadlines both sections share.
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,7 +48,7 @@ fn default_max_connections() -> usize {
 
 /// A configuration error: where and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
+pub(crate) struct ConfigError {
     pub file: PathBuf,
     /// 1-based line, when known.
     pub line: Option<usize>,
@@ -73,7 +75,7 @@ impl std::error::Error for ConfigError {}
 
 /// A loaded, validated file.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     pub path: PathBuf,
     pub log_level: LogLevel,
     pub log_target: LogTarget,
@@ -87,7 +89,7 @@ pub struct Config {
 impl Config {
     /// Executor threads to run: `threads`, with `auto` resolved against
     /// whether this file's sections use TLS.
-    pub fn thread_count(&self) -> usize {
+    pub(crate) fn thread_count(&self) -> usize {
         match self.threads {
             Threads::Fixed(n) => n,
             Threads::Auto => {
@@ -108,7 +110,7 @@ impl Config {
 
 /// How many threads run the daemon's tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Threads {
+pub(crate) enum Threads {
     /// One thread when no TLS is served or dialled (the relay is spliced:
     /// the kernel does the work, and one thread wakes fewer times than
     /// several); one per core when TLS is, as encryption is CPU work.
@@ -139,7 +141,7 @@ impl<'de> Deserialize<'de> for Threads {
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogTarget {
+pub(crate) enum LogTarget {
     /// stderr on a terminal; otherwise syslog when its socket exists.
     #[default]
     Auto,
@@ -149,7 +151,7 @@ pub enum LogTarget {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogLevel {
+pub(crate) enum LogLevel {
     Error,
     Warn,
     Info,
@@ -189,9 +191,9 @@ fn default_shutdown_grace() -> Dur {
 }
 
 /// Loads and validates a configuration file.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = read(path)?;
-    let file: RawFile = serde_yaml::from_str(&text).map_err(|e| yaml_error(path, e))?;
+    let file: RawFile = serde_yaml::from_str(&text).map_err(|e| yaml_error(path, &e))?;
     let src = Source {
         path,
         text: &text,
@@ -267,7 +269,7 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// Turns a serde_yaml error into file, line and key.
-fn yaml_error(path: &Path, e: serde_yaml::Error) -> ConfigError {
+fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
     let text = e.to_string();
     // serde_yaml writes "path.to.key: message at line L column C".
     let text = match text.rfind(" at line ") {

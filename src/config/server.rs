@@ -23,7 +23,7 @@ const DEFAULT_TUNNEL_BUFFER_KIB: usize = 512;
 /// Loopback, link-local (with the cloud metadata address 169.254.169.254 and
 /// AWS's fd00:ec2::254), "this network" and the unspecified address: what a
 /// public proxy must never let a client reach by default.
-pub const DEFAULT_DENY: &[&str] = &[
+pub(crate) const DEFAULT_DENY: &[&str] = &[
     "127.0.0.0/8",
     "::1/128",
     "169.254.0.0/16",
@@ -35,7 +35,7 @@ pub const DEFAULT_DENY: &[&str] = &[
 
 /// The server's configuration after loading and validation.
 #[derive(Debug, Clone)]
-pub struct Server {
+pub(crate) struct Server {
     pub listen: Vec<SocketAddr>,
     pub users: Users,
     pub timeouts: ServerTimeouts,
@@ -48,16 +48,13 @@ pub struct Server {
     pub acl: Acl,
     pub reply_address: ReplyAddress,
     pub health_path: Option<String>,
-    /// Where users came from, for reloads.
-    pub users_file: Option<PathBuf>,
-    pub inline_users: Vec<User>,
     /// TLS, when configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The server's deadlines, each longer than zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServerTimeouts {
+pub(crate) struct ServerTimeouts {
     /// From accept to a complete SOCKS5 request.
     pub handshake: Duration,
     /// Resolving and connecting to the destination.
@@ -72,7 +69,7 @@ pub struct ServerTimeouts {
 /// What the server puts in BND.ADDR/BND.PORT of a success reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ReplyAddress {
+pub(crate) enum ReplyAddress {
     /// `0.0.0.0` and the requested port, byte for byte what the reference
     /// server sends; reveals nothing about the server's network.
     #[default]
@@ -232,8 +229,6 @@ pub(super) fn validate(s: RawServer, src: &Source) -> Result<Server, ConfigError
         },
         reply_address: s.socks_reply_address,
         health_path: s.health_path,
-        users_file,
-        inline_users: s.users,
         tls,
     })
 }

@@ -13,11 +13,11 @@ use crate::proto::auth;
 /// A password or digest: never printed.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
     /// The text itself, for hashing and constant-time comparison.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -31,7 +31,7 @@ impl fmt::Debug for Secret {
 /// One user: a name and either the password or its stored digest.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, try_from = "RawUser")]
-pub struct User {
+pub(crate) struct User {
     pub name: String,
     /// `base64(sha256(password))`, what the auth hash is built on.
     pub digest: Secret,
@@ -99,27 +99,27 @@ fn is_digest(s: &str) -> bool {
 /// The users a server (or the agent's listeners) accept, by name, as
 /// stored digests.
 #[derive(Clone, Default)]
-pub struct Users {
+pub(crate) struct Users {
     by_name: HashMap<String, Secret>,
 }
 
 impl Users {
     /// The stored digest of `user`, if there is such a user.
-    pub fn get(&self, user: &str) -> Option<&Secret> {
+    pub(crate) fn get(&self, user: &str) -> Option<&Secret> {
         self.by_name.get(user)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_name.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
 
     /// Whether `user` still exists with this stored digest: a grant made
     /// under an older configuration holds only while this is true.
-    pub fn grants(&self, user: &str, digest: &Secret) -> bool {
+    pub(crate) fn grants(&self, user: &str, digest: &Secret) -> bool {
         self.get(user) == Some(digest)
     }
 
@@ -138,7 +138,7 @@ impl fmt::Debug for Users {
 }
 
 /// Reads a users file: a YAML list of `{name, password | password_hash}`.
-pub fn load_users_file(path: &Path) -> Result<(Vec<User>, String), ConfigError> {
+pub(crate) fn load_users_file(path: &Path) -> Result<(Vec<User>, String), ConfigError> {
     let text = read(path)?;
     // A file of comments only (as the package ships it) lists no one yet.
     let blank = text
@@ -147,14 +147,14 @@ pub fn load_users_file(path: &Path) -> Result<(Vec<User>, String), ConfigError> 
     if blank {
         return Ok((Vec::new(), text));
     }
-    let users = serde_yaml::from_str::<Vec<User>>(&text).map_err(|e| yaml_error(path, e))?;
+    let users = serde_yaml::from_str::<Vec<User>>(&text).map_err(|e| yaml_error(path, &e))?;
     Ok((users, text))
 }
 
 /// Whether `text` has the shape of a users file: a YAML list whose entries
 /// are maps with a `name`. A configuration's top level is a map, so `check`
 /// can tell an operator who passed the users file instead.
-pub fn looks_like_users_file(text: &str) -> bool {
+pub(crate) fn looks_like_users_file(text: &str) -> bool {
     match serde_yaml::from_str::<serde_yaml::Value>(text) {
         Ok(serde_yaml::Value::Sequence(entries)) => entries
             .iter()

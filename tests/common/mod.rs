@@ -2,6 +2,8 @@
 //! scripted WebSocks clients over blocking sockets, and small destinations.
 //! Every socket operation is bounded by a timeout.
 #![allow(dead_code)]
+// Shared by many test binaries: `pub` here is how they reach it.
+#![allow(unreachable_pub)]
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -197,8 +199,10 @@ pub fn now_ms() -> u64 {
 
 /// `Authorization` value for the current minute (plus `skew` minutes).
 pub fn authorization(user: &str, pass: &str, skew: i64) -> String {
-    let minute = auth::minute_of(now_ms()) as i64 + skew * auth::MINUTE_MS as i64;
-    auth::authorization(user, &auth::stored_digest(pass.as_bytes()), minute as u64)
+    let base = auth::minute_of(now_ms());
+    let shift = skew.unsigned_abs() * auth::MINUTE_MS;
+    let minute = if skew < 0 { base - shift } else { base + shift };
+    auth::authorization(user, &auth::stored_digest(pass.as_bytes()), minute)
 }
 
 /// A valid upgrade request for alice, with the RFC 6455 example key.
@@ -488,7 +492,9 @@ pub fn skip(why: &str) {
     // libtest runs each test in a thread named after it.
     let test = thread::current().name().unwrap_or("?").to_string();
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
-    let mut skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut skipped = SKIPPED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if skipped.is_empty() {
         atexit(report_skipped);
     }
@@ -498,13 +504,16 @@ pub fn skip(why: &str) {
 // SAFETY: atexit(3), from the C library std links against, only stores
 // the function pointer; the function it is given takes nothing, returns
 // nothing and cannot unwind (a panic in an `extern "C"` fn aborts).
+#[allow(unsafe_code)]
 unsafe extern "C" {
     safe fn atexit(f: extern "C" fn()) -> std::ffi::c_int;
 }
 
 /// Run by `exit(3)`, after libtest has printed its summary.
 extern "C" fn report_skipped() {
-    let skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+    let skipped = SKIPPED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut text = format!(
         "SKIPPED {} in {}, counted as passed above (under CI=true, each fails):\n",
         skipped.len(),
