@@ -66,17 +66,13 @@ fn run_with(args: &[&str], input: &[u8], env: &[(&str, Option<&str>)]) -> Out {
         let _ = err.read_to_string(&mut v);
         v
     });
-    let end = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st.code().unwrap_or(-1);
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("websocks {args:?} did not exit");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
+    let code = exit_within(
+        &mut child,
+        Duration::from_secs(10),
+        &format!("websocks {args:?}"),
+    )
+    .code()
+    .unwrap_or(-1);
     feeder.join().unwrap();
     Out {
         code,
@@ -288,17 +284,9 @@ impl Pty {
     }
 
     fn wait_exit(child: &mut std::process::Child) -> i32 {
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st.code().unwrap_or(-1);
-            }
-            if Instant::now() > end {
-                let _ = child.kill();
-                panic!("hash-password did not exit");
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        exit_within(child, Duration::from_secs(10), "hash-password")
+            .code()
+            .unwrap_or(-1)
     }
 }
 

@@ -40,17 +40,13 @@ fn run(args: &[&str], yaml: Option<&str>) -> (i32, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st.code().unwrap_or(-1);
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("websocks {args:?} did not exit");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
+    let code = exit_within(
+        &mut child,
+        Duration::from_secs(10),
+        &format!("websocks {args:?}"),
+    )
+    .code()
+    .unwrap_or(-1);
     let mut err = String::new();
     use std::io::Read;
     child

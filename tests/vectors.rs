@@ -12,8 +12,6 @@ mod common;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
 
 use common::*;
 use websocks::proto::{auth, http, ws};
@@ -480,18 +478,7 @@ fn run(args: &[&str], stdin: Option<&str>) -> Output {
         input.write_all(s.as_bytes()).unwrap();
     }
     drop(input);
-    let end = Instant::now() + IO_TIMEOUT;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("websocks {args:?} did not exit within {IO_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
+    let status = exit_within(&mut child, IO_TIMEOUT, &format!("websocks {args:?}"));
     let (mut stdout, mut stderr) = (String::new(), String::new());
     child
         .stdout

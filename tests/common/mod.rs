@@ -525,3 +525,28 @@ extern "C" fn report_skipped() {
     text.push('\n');
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
+
+/// Waits up to `limit` for `child` to exit: its status, or None if it is
+/// still running.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits up to `limit` for `child` to exit; kills it and fails the test,
+/// naming `what`, if it does not.
+pub fn exit_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    wait_exit(child, limit).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not exit within {limit:?}");
+    })
+}
