@@ -23,8 +23,8 @@
 //! counted two ways: `conns`, the daemon's own count of open connections
 //! from the STATUS= line it sends to the NOTIFY_SOCKET the soak gives it
 //! (as systemd would; sent when it changes, checked every 2 s), and
-//! `tunnels`, from the kernel: the sockets in /proc/net/tcp whose inode is
-//! one of the process's descriptors and whose local port is its listener,
+//! `tunnels`, from the kernel: the sockets on the process's listening port
+//! (from `ss`, else /proc/net/tcp) whose inode is one of its descriptors,
 //! in any state but LISTEN (the server: WebSocket connections from the
 //! agent, pooled ones included; the agent: SOCKS5 clients). Verdict: FAIL (exit 1) when any of these trends
 //! upward over the last half of the run (see `Bound`), when a transfer's
@@ -517,10 +517,13 @@ fn server_yaml(users: &Path) -> String {
 // ---------------------------------------------------------------- sampling
 
 /// TCP sockets of `pid` whose local port is `port` (its listener aside),
-/// from /proc/net/tcp (socket inodes matched against /proc/PID/fd): every
-/// accepted connection the process still holds, established or half
-/// closed.
-fn tunnels(pid: u32, port: u16) -> usize {
+/// established or half closed: every accepted connection the process
+/// still holds. The kernel lists them with their inode; those among the
+/// process's descriptors (/proc/PID/fd) count. `ss` (iproute2) asks the
+/// kernel for that port's sockets alone, over netlink; without it the
+/// whole of /proc/net/tcp is read, which at 1,000 tunnels a second holds
+/// some 70,000 TIME_WAIT entries and takes a tenth of a second or more.
+fn tunnels(pid: u32, port: u16, ss: Option<&Path>) -> usize {
     let inodes: HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
         .flatten()
@@ -530,6 +533,26 @@ fn tunnels(pid: u32, port: u16) -> usize {
             l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
         })
         .collect();
+    let held = |inode: Option<u64>| inode.is_some_and(|i| inodes.contains(&i));
+    if let Some(ss) = ss {
+        let out = Command::new(ss)
+            .args(["-Htne", "state", "connected", "exclude", "time-wait"])
+            .arg(format!("( sport = :{port} )"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success());
+        if let Some(o) = out {
+            return String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| {
+                    held(
+                        l.split_whitespace()
+                            .find_map(|f| f.strip_prefix("ino:")?.parse().ok()),
+                    )
+                })
+                .count();
+        }
+    }
     let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
     tcp.lines()
         .skip(1)
@@ -542,7 +565,7 @@ fn tunnels(pid: u32, port: u16) -> usize {
                     .rsplit_once(':')
                     .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
                     == Some(port)
-                && f[9].parse().is_ok_and(|i: u64| inodes.contains(&i))
+                && held(f[9].parse().ok())
         })
         .count()
 }
@@ -558,12 +581,12 @@ struct Proc {
     conns: u64,
 }
 
-fn sample(pid: u32, port: u16, notify: &Notify) -> Proc {
+fn sample(pid: u32, port: u16, notify: &Notify, ss: Option<&Path>) -> Proc {
     Proc {
         rss_kib: status_kib(pid, "VmRSS"),
         fds: fd_count(pid) as u64,
         threads: status_kib(pid, "Threads"),
-        tunnels: tunnels(pid, port) as u64,
+        tunnels: tunnels(pid, port, ss) as u64,
         conns: notify.conns(),
     }
 }
@@ -614,7 +637,8 @@ struct Row {
     t: f64,
     server: Proc,
     agent: Proc,
-    churn_per_s: u64,
+    /// Churned tunnels closed since the previous sample, per second.
+    churn_per_s: f64,
     churn_err: u64,
     bulk_ok: u64,
     reloads: usize,
@@ -775,7 +799,7 @@ fn write_csv(path: &Path, rows: &[Row]) -> io::Result<()> {
     for r in rows {
         let _ = writeln!(
             s,
-            "{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{:.1},{},{},{},{},{},{},{},{},{:.0},{},{},{},{},{}",
             r.t,
             r.server.rss_kib,
             r.server.fds,
@@ -903,6 +927,13 @@ fn main() {
     let mut logs = Logs::default();
     let mut fatal: Vec<String> = Vec::new();
     let mut last_ok = 0;
+    let ss = find_tool("ss");
+    if ss.is_none() {
+        eprintln!("soak: no `ss` (apt-get install iproute2): tunnels counted from /proc/net/tcp");
+    }
+    let mut last_t = 0.0;
+    // The longest one second's sampling took (it must stay well below 1 s).
+    let mut slowest = Duration::ZERO;
     let mut next_reload = start + RELOAD_EVERY;
     let mut with_bob = false;
     let mut check_bob: Option<Instant> = None;
@@ -944,11 +975,21 @@ fn main() {
             break;
         }
         let ok = load.churn_ok.load(Ordering::Relaxed);
+        let t = start.elapsed().as_secs_f64();
+        let began = Instant::now();
+        let (server_now, agent_now) = (
+            sample(spid, sport, &server_notify, ss.as_deref()),
+            sample(apid, aport, &agent_notify, ss.as_deref()),
+        );
+        slowest = slowest.max(began.elapsed());
+        #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+        let churn_per_s = (ok - last_ok) as f64 / (t - last_t).max(1e-3);
+        last_t = t;
         let row = Row {
-            t: start.elapsed().as_secs_f64(),
-            server: sample(spid, sport, &server_notify),
-            agent: sample(apid, aport, &agent_notify),
-            churn_per_s: ok - last_ok,
+            t,
+            server: server_now,
+            agent: agent_now,
+            churn_per_s,
             churn_err: load.churn_err.load(Ordering::Relaxed),
             bulk_ok: load.bulk_ok.load(Ordering::Relaxed),
             reloads: load.reloads_sent.load(Ordering::Relaxed),
@@ -956,7 +997,7 @@ fn main() {
         last_ok = ok;
         if rows.len().is_multiple_of(30) {
             eprintln!(
-                "  t={:>4.0}s server rss {} KiB fds {} thr {} tun {} conns {} | agent rss {} KiB fds {} thr {} tun {} conns {} | {}/s churn, {} errors, {} bulk, {} reloads",
+                "  t={:>4.0}s server rss {} KiB fds {} thr {} tun {} conns {} | agent rss {} KiB fds {} thr {} tun {} conns {} | {:.0}/s churn, {} errors, {} bulk, {} reloads",
                 row.t,
                 row.server.rss_kib,
                 row.server.fds,
@@ -1031,6 +1072,12 @@ fn main() {
         logs.lines,
         logs.panics.len()
     );
+    let _ = writeln!(
+        report,
+        "  {} samples; the slowest took {} ms",
+        rows.len(),
+        slowest.as_millis()
+    );
     for (name, (n, first)) in &logs.warnings {
         let _ = writeln!(
             report,
@@ -1100,6 +1147,8 @@ fn main() {
                 eprintln!("    {l}");
             }
         }
+        // `exit` runs no destructors: stop the daemons first.
+        drop((server, agent));
         std::process::exit(1);
     }
 }
