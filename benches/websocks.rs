@@ -23,31 +23,30 @@
 //! program) used per byte.
 
 // The test suite's harness, shared rather than copied: `Daemon` runs
-// websocks, `watch_log` reads a helper's output, `serve_listener` runs the
-// destinations, `try_connect` and `socks_request` open the connections.
+// websocks, `watch_log` reads a helper's output; `support` (shared with
+// the soak) builds on it for the destinations and the SOCKS5 client side.
 #[path = "../tests/common/mod.rs"]
 mod common;
+// The helpers this bench shares with the soak (`benches/soak.rs`).
+mod support;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Daemon, PASS, USER, serve_listener, socks_request, try_connect, watch_log};
-use smol::io::{AsyncReadExt, AsyncWriteExt};
-use websocks::proto::socks5::Addr;
-/// Set once this program has re-executed itself with a raised fd limit.
-const GUARD: &str = "WEBSOCKS_BENCH_NOFILE";
-/// Raises the soft descriptor limit (to the hard one if 65536 is refused),
-/// then runs `"$0" "$@"`.
-const RAISE: &str = r#"ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" "$@""#;
-/// Every socket operation of the bench is bounded by this.
-const IO_TIMEOUT: Duration = Duration::from_secs(20);
+use common::{Daemon, PASS, USER, watch_log};
+
+use support::{
+    CHUNK, IO_TIMEOUT, agent_yaml, echo_conn, err, expected, fd_count, last_lines, listener,
+    nofile, open, open_async, pattern, ping_async, raise_nofile, serve_each, status_kib, timeout,
+    websocks,
+};
+
 /// One bulk transfer may take at most this long.
 const TRANSFER_LIMIT: Duration = Duration::from_secs(120);
 /// Opening one idle tunnel may take at most this long.
@@ -55,10 +54,6 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Failed opens after which the idle figure stops trying.
 const GIVE_UP_AFTER: usize = 50;
 const MIB: f64 = 1048576.0;
-/// Read and write size of the bulk transfers.
-const CHUNK: usize = 256 * 1024;
-/// Period of the data pattern: a prime, so that misplaced chunks show.
-const PERIOD: usize = 1_048_573;
 
 // ---------------------------------------------------------------- options
 
@@ -125,172 +120,7 @@ fn parse_args(args: &[String]) -> Opts {
     o
 }
 
-/// The soft and hard `RLIMIT_NOFILE` of this process.
-fn nofile() -> (u64, u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    for l in limits.lines() {
-        if let Some(rest) = l.strip_prefix("Max open files") {
-            let v: Vec<u64> = rest
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            if v.len() >= 2 {
-                return (v[0], v[1]);
-            }
-        }
-    }
-    (1024, 1024)
-}
-
-/// Re-executes this program under a shell that raised the fd limit, once.
-fn raise_nofile(args: &[String]) {
-    if nofile().0 >= 65536 || std::env::var_os(GUARD).is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let e = Command::new("sh")
-        .arg("-c")
-        .arg(RAISE)
-        .arg(exe)
-        .args(args)
-        .env(GUARD, "1")
-        .exec();
-    eprintln!("could not re-execute to raise the fd limit: {e}");
-}
-
-// ---------------------------------------------------------------- data
-
-/// `PERIOD` pattern bytes followed by the first `CHUNK` again, so that any
-/// chunk of the endless pattern is one slice.
-fn pattern() -> &'static [u8] {
-    static P: OnceLock<Vec<u8>> = OnceLock::new();
-    P.get_or_init(|| {
-        let mut v = Vec::with_capacity(PERIOD + CHUNK + 8);
-        let mut k: u64 = 0;
-        while v.len() < PERIOD {
-            let w = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k >> 7);
-            v.extend_from_slice(&w.to_le_bytes());
-            k += 1;
-        }
-        v.truncate(PERIOD);
-        let head = v[..CHUNK].to_vec();
-        v.extend_from_slice(&head);
-        v
-    })
-}
-
-/// Pattern bytes `off..off + n` (n <= CHUNK).
-fn expected(off: u64, n: usize) -> &'static [u8] {
-    let s = (off % PERIOD as u64) as usize;
-    &pattern()[s..s + n]
-}
-
-fn err(msg: impl Into<String>) -> io::Error {
-    io::Error::other(msg.into())
-}
-
-// ---------------------------------------------------------------- SOCKS5
-
-fn check_method(m: [u8; 2]) -> io::Result<()> {
-    if m == [5, 0] {
-        Ok(())
-    } else {
-        Err(err(format!("SOCKS5 method answer {m:02x?}")))
-    }
-}
-
-/// Bytes of the reply after its first 4, or `None` if more must be read
-/// first (domain: one length byte).
-fn reply_rest(h: [u8; 4]) -> io::Result<Option<usize>> {
-    if h[0] != 5 {
-        return Err(err(format!("SOCKS5 reply version {:02x}", h[0])));
-    }
-    if h[1] != 0 {
-        return Err(err(format!("SOCKS5 reply {:02x}", h[1])));
-    }
-    match h[3] {
-        1 => Ok(Some(6)),
-        4 => Ok(Some(18)),
-        3 => Ok(None),
-        t => Err(err(format!("SOCKS5 reply address type {t:02x}"))),
-    }
-}
-
-/// A connection to `dest`: straight, or through the SOCKS5 agent `via`.
-fn open(via: Option<SocketAddr>, dest: SocketAddr) -> io::Result<TcpStream> {
-    let mut s = try_connect(via.unwrap_or(dest), IO_TIMEOUT)?;
-    if via.is_some() {
-        s.write_all(&socks_request(&Addr::Ip(dest)))?;
-        let mut m = [0u8; 2];
-        s.read_exact(&mut m)?;
-        check_method(m)?;
-        let mut h = [0u8; 4];
-        s.read_exact(&mut h)?;
-        let rest = match reply_rest(h)? {
-            Some(n) => n,
-            None => {
-                let mut l = [0u8; 1];
-                s.read_exact(&mut l)?;
-                l[0] as usize + 2
-            }
-        };
-        let mut r = vec![0u8; rest];
-        s.read_exact(&mut r)?;
-    }
-    Ok(s)
-}
-
-async fn timeout<T>(d: Duration, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
-    smol::future::or(f, async {
-        smol::Timer::after(d).await;
-        Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
-    })
-    .await
-}
-
-/// Opens a tunnel through `via` to the echo `dest` and checks it with one
-/// byte.
-async fn open_async(via: SocketAddr, dest: SocketAddr) -> io::Result<smol::net::TcpStream> {
-    let mut s = smol::net::TcpStream::connect(via).await?;
-    s.set_nodelay(true)?;
-    s.write_all(&socks_request(&Addr::Ip(dest))).await?;
-    let mut m = [0u8; 2];
-    s.read_exact(&mut m).await?;
-    check_method(m)?;
-    let mut h = [0u8; 4];
-    s.read_exact(&mut h).await?;
-    let rest = match reply_rest(h)? {
-        Some(n) => n,
-        None => {
-            let mut l = [0u8; 1];
-            s.read_exact(&mut l).await?;
-            l[0] as usize + 2
-        }
-    };
-    let mut r = vec![0u8; rest];
-    s.read_exact(&mut r).await?;
-    ping_async(&mut s).await?;
-    Ok(s)
-}
-
-async fn ping_async(s: &mut smol::net::TcpStream) -> io::Result<()> {
-    s.write_all(&[0x5a]).await?;
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b).await?;
-    if b[0] != 0x5a {
-        return Err(err("echo returned a wrong byte"));
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------- processes
-
-/// `websocks MODE -c CONFIG` under the fd-raising shell.
-fn websocks(mode: &str, yaml: &str) -> Daemon {
-    Daemon::start_via(&["sh", "-c", RAISE], &[mode], yaml, 1)
-}
 
 /// This program re-executed as a helper (`--echo-helper`, `--relay-helper
 /// DEST`) with a listener; killed on drop.
@@ -352,15 +182,6 @@ impl Drop for Helper {
     }
 }
 
-/// Last lines of a daemon's log, for error reports.
-fn last_lines(d: &Daemon, n: usize) -> Vec<String> {
-    let log = d.log.lock().unwrap();
-    log.iter()
-        .skip(log.len().saturating_sub(n))
-        .cloned()
-        .collect()
-}
-
 /// The server's configuration; `WEBSOCKS_BENCH_SERVER` adds lines to its
 /// section (e.g. `  tunnel_buffer_kib: 0` to compare a setting side by
 /// side: run the bench once with each).
@@ -372,14 +193,6 @@ fn server_yaml() -> String {
          destinations: {{allow: [\"127.0.0.0/8\"]}}\n  max_connections: 30000\n  \
          max_handshakes_per_source: 15000\n  \
          timeouts: {{idle: 3600s}}\n{extra}\n"
-    )
-}
-
-fn agent_yaml(server: SocketAddr, pool: usize) -> String {
-    format!(
-        "log_target: stderr\nlog_level: info\nagent:\n  socks5: {{listen: [\"127.0.0.1:0\"]}}\n  \
-         servers:\n    - {{name: s, url: \"ws://{server}/\", user: {USER}, password: {PASS}}}\n  \
-         pool: {{size: {pool}}}\n  max_connections: 30000\n  timeouts: {{idle: 3600s}}\n"
     )
 }
 
@@ -402,22 +215,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     get(11) + get(12)
 }
 
-/// A `kB` line of /proc/PID/status, e.g. `VmRSS`.
-fn status_kib(pid: u32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Open descriptors of a process.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(std::iter::Iterator::count)
-        .unwrap_or(0)
-}
-
 /// Resets VmHWM to the current RSS.
 fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
@@ -435,23 +232,6 @@ fn clk_tck() -> f64 {
 }
 
 // ---------------------------------------------------------------- destinations
-
-/// A listener with a deep backlog (std's is 128).
-fn listener() -> TcpListener {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    s.set_reuse_address(true).expect("SO_REUSEADDR");
-    let a: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    s.bind(&a.into()).expect("bind");
-    s.listen(4096).expect("listen");
-    s.into()
-}
-
-/// Runs `f` on each accepted connection in its own thread, for the life of
-/// the process.
-fn serve_each(f: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
-    serve_listener(listener(), IO_TIMEOUT, f)
-}
 
 struct SinkReport {
     bytes: u64,
@@ -654,22 +434,6 @@ fn echo_helper() {
             }
         }
     }));
-}
-
-async fn echo_conn(mut s: smol::net::TcpStream) {
-    let _ = s.set_nodelay(true);
-    let mut b = [0u8; 1024];
-    loop {
-        match s.read(&mut b).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if s.write_all(&b[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = s.shutdown(Shutdown::Write);
 }
 
 // ---------------------------------------------------------------- measurements
