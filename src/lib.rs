@@ -5,7 +5,8 @@
 //! floors below its own (tests aside).
 //!
 //! ```text
-//! cli                          the command line, exit codes (main calls it)
+//! cli   fuzz                   the command line, exit codes (main calls
+//!                              it); the hidden door for `fuzz/`
 //! daemon                       listeners, signals, reload, drain
 //! server      agent            one connection each; siblings: neither
 //!                              imports the other
@@ -18,7 +19,8 @@
 //! acl   tls   deadline         destination policy, TLS, the timeout helper
 //! proto                        sans-I/O codecs; imports nothing else
 //!
-//! Only `proto` (for the tests and fuzz targets) and `main` are public;
+//! Only `proto` (for the tests and fuzz targets), `main` and the hidden
+//! `fuzz` door (config, rules, durations for `fuzz/`) are public;
 //! `unsafe` is denied everywhere but `systemd` (Cargo.toml `[lints]`).
 //! ```
 
@@ -34,6 +36,10 @@ mod config;
 mod daemon;
 mod deadline;
 mod dial;
+// Entry points for the fuzz targets in `fuzz/` (the config loader, rules,
+// durations); not an API.
+#[doc(hidden)]
+pub mod fuzz;
 mod log;
 mod relay;
 mod server;

@@ -193,13 +193,26 @@ fn default_shutdown_grace() -> Dur {
 /// Loads and validates a configuration file.
 pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = read(path)?;
-    let file: RawFile = serde_yaml::from_str(&text).map_err(|e| yaml_error(path, &e))?;
+    load_text(path, &text)
+}
+
+/// Validates `text` as if read from `path`: errors name `path`, and relative
+/// paths in it start from its directory. `load` and the fuzz door
+/// (`crate::fuzz`) share it, so both see the same checks and messages.
+pub(crate) fn load_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let file: RawFile = serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))?;
     let src = Source {
         path,
-        text: &text,
+        text,
         base: path.parent().unwrap_or(Path::new(".")),
     };
     validate(file, &src)
+}
+
+/// A duration as the file writes one (`250ms`, `10s`, `5m`, `1h`), for the
+/// fuzz door (`crate::fuzz`): the same parser the deserializer uses.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<Dur>().map(|d| d.0)
 }
 
 /// The file under validation: errors name it and the line of their key;

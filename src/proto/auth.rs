@@ -83,10 +83,13 @@ pub fn parse_basic(value: &str) -> Result<Credential, AuthError> {
 /// True when `field` is the hash of `stored` for the minute before, the
 /// current one or the next, as seen from `now_ms`. All three are computed and
 /// compared in constant time, so timing says nothing about which matched.
+/// The window saturates at both ends of the clock's range (found by the
+/// `auth` fuzz target: `m + MINUTE_MS` overflowed within a minute of
+/// `u64::MAX`).
 pub fn verify(field: &str, stored: &str, now_ms: u64) -> bool {
     let m = minute_of(now_ms);
     let mut ok = subtle::Choice::from(0);
-    for minute in [m.saturating_sub(MINUTE_MS), m, m + MINUTE_MS] {
+    for minute in [m.saturating_sub(MINUTE_MS), m, m.saturating_add(MINUTE_MS)] {
         ok |= password_field(stored, minute)
             .as_bytes()
             .ct_eq(field.as_bytes());
@@ -118,6 +121,21 @@ mod tests {
         assert!(verify(&f, &stored, m + 119_999));
         assert!(!verify(&f, &stored, m - 60_001));
         assert!(!verify(&f, &stored, m + 120_000));
+    }
+
+    #[test]
+    fn window_at_the_ends_of_the_clock() {
+        // fuzz/regressions/auth-verify-overflow: this panicked (overflow).
+        let stored = stored_digest(b"x");
+        let last = minute_of(u64::MAX);
+        assert!(verify(&password_field(&stored, last), &stored, u64::MAX));
+        assert!(verify(
+            &password_field(&stored, last - MINUTE_MS),
+            &stored,
+            u64::MAX
+        ));
+        assert!(verify(&password_field(&stored, 0), &stored, 0));
+        assert!(!verify(&password_field(&stored, MINUTE_MS * 2), &stored, 0));
     }
 
     #[test]

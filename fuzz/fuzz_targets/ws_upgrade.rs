@@ -1,0 +1,47 @@
+//! `check_upgrade` on parsed request heads (proto::ws): an accepted upgrade
+//! has a 16-byte key, and our 101 for it parses back with the right
+//! `Sec-WebSocket-Accept`; the agent's own upgrade request for a key made
+//! from fuzz bytes passes the server's check.
+#![no_main]
+
+mod common;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use libfuzzer_sys::fuzz_target;
+use websocks::proto::Parse;
+use websocks::proto::http;
+use websocks::proto::ws;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(Parse::Done(head, _)) = http::parse_request(data) {
+        if let Ok(up) = ws::check_upgrade(&head) {
+            assert_eq!(STANDARD.decode(&up.key).map(|k| k.len()), Ok(16));
+            let mut out = Vec::new();
+            ws::write_switching(&mut out, &up.key);
+            let Ok(Parse::Done(r, used)) = common::prefixes(&out, http::parse_response) else {
+                panic!("our own 101 does not parse");
+            };
+            assert_eq!(used, out.len());
+            assert_eq!(r.second, "101");
+            assert_eq!(
+                r.one("Sec-WebSocket-Accept"),
+                Some(ws::accept(&up.key).as_str())
+            );
+        }
+    }
+
+    let mut key = [0u8; 16];
+    let n = data.len().min(16);
+    key[..n].copy_from_slice(&data[..n]);
+    let key = ws::key_from(key);
+    let mut req = Vec::new();
+    http::write_upgrade_request(&mut req, "/", "example.com:80", &key, "Basic eDp5");
+    let Ok(Parse::Done(head, _)) = http::parse_request(&req) else {
+        panic!("our own upgrade request does not parse");
+    };
+    let up = ws::check_upgrade(&head).expect("our own upgrade request");
+    assert_eq!(up.key, key);
+    assert!(up.socks5_offered);
+    assert_eq!(up.authorization.as_deref(), Some("Basic eDp5"));
+});
