@@ -49,8 +49,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    ALLOW_LOOPBACK, Daemon, PASS, USER, authorization, closed_port, connect, find_tool, read_head,
-    signal, temp_dir,
+    ALLOW_LOOPBACK, Daemon, PASS, USER, closed_port, connect, find_tool, read_head, signal,
+    temp_dir, upgrade_request_as,
 };
 use sha2::{Digest, Sha256};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -58,7 +58,6 @@ use support::{
     CHUNK, IO_TIMEOUT, RAISE, agent_yaml, echo_conn, expected, fd_count, listener, open,
     open_async, ping_async, raise_nofile, serve_each, socks_async, status_kib, timeout,
 };
-use websocks::proto::http;
 
 /// Between SIGHUPs to the server.
 const RELOAD_EVERY: Duration = Duration::from_secs(30);
@@ -491,15 +490,7 @@ fn write_users(path: &Path, with_bob: bool) {
 /// The server's answer (status code) to an upgrade authorized as bob.
 fn bob_upgrade(server: SocketAddr) -> String {
     let mut s = connect(server);
-    let mut req = Vec::new();
-    http::write_upgrade_request(
-        &mut req,
-        "/",
-        "null",
-        "dGhlIHNhbXBsZSBub25jZQ==",
-        &authorization(BOB.0, BOB.1, 0),
-    );
-    if s.write_all(&req).is_err() {
+    if s.write_all(&upgrade_request_as(BOB.0, BOB.1)).is_err() {
         return "write failed".into();
     }
     read_head(&mut s).0.second.clone()

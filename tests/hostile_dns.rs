@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use websocks::proto::socks5::Addr;
-use websocks::proto::{http, ws};
+use websocks::proto::ws;
 
 const MALLORY: &str = "mallory";
 const MALLORY_PASS: &str = "m4ll0ry-pw";
@@ -168,14 +168,7 @@ fn server_with_fake_dns(yaml: &str) -> Option<Daemon> {
 /// Upgrade request for `user`, then frame, greeting and CONNECT `dest`,
 /// all in one write (the server keeps what each stage did not use).
 fn send_connect(server: SocketAddr, user: &str, pass: &str, dest: &Addr) -> TcpStream {
-    let mut req = Vec::new();
-    http::write_upgrade_request(
-        &mut req,
-        "/",
-        "null",
-        "dGhlIHNhbXBsZSBub25jZQ==",
-        &authorization(user, pass, 0),
-    );
+    let mut req = upgrade_request_as(user, pass);
     req.extend_from_slice(&socks_preamble(dest));
     let mut s = connect(server);
     s.write_all(&req).unwrap();

@@ -182,15 +182,7 @@ fn handshake_limits_are_checked() {
 /// Upgrades as `user`, sends one PONG and waits: a pooled connection.
 fn pooled(server: SocketAddr, user: &str, pass: &str) -> (TcpStream, Vec<u8>) {
     let mut s = connect(server);
-    let mut req = Vec::new();
-    websocks::proto::http::write_upgrade_request(
-        &mut req,
-        "/",
-        "null",
-        "dGhlIHNhbXBsZSBub25jZQ==",
-        &authorization(user, pass, 0),
-    );
-    s.write_all(&req).unwrap();
+    s.write_all(&upgrade_request_as(user, pass)).unwrap();
     let (h, rest) = read_head(&mut s);
     assert_eq!(h.second, "101", "{user}");
     s.write_all(&ws::PONG).unwrap();

@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use websocks::proto::{auth, http, socks5};
+use websocks::proto::{auth, socks5};
 
 // ------------------------------------------------------------------ helpers
 
@@ -197,23 +197,10 @@ fn activate(
     unreachable!()
 }
 
-/// An upgrade request for any user.
-fn upgrade_as(user: &str, pass: &str) -> Vec<u8> {
-    let mut v = Vec::new();
-    http::write_upgrade_request(
-        &mut v,
-        "/",
-        "null",
-        "dGhlIHNhbXBsZSBub25jZQ==",
-        &authorization(user, pass, 0),
-    );
-    v
-}
-
 /// The status code the server answers an upgrade for `user` with.
 fn upgrade_status(server: SocketAddr, user: &str, pass: &str) -> String {
     let mut s = connect(server);
-    s.write_all(&upgrade_as(user, pass)).unwrap();
+    s.write_all(&upgrade_request_as(user, pass)).unwrap();
     let (h, _) = read_head(&mut s);
     h.second
 }

@@ -207,13 +207,18 @@ pub fn authorization(user: &str, pass: &str, skew: i64) -> String {
 
 /// A valid upgrade request for alice, with the RFC 6455 example key.
 pub fn upgrade_request() -> Vec<u8> {
+    upgrade_request_as(USER, PASS)
+}
+
+/// A valid upgrade request for `user`, with the RFC 6455 example key.
+pub fn upgrade_request_as(user: &str, pass: &str) -> Vec<u8> {
     let mut v = Vec::new();
     http::write_upgrade_request(
         &mut v,
         "/",
         "null",
         "dGhlIHNhbXBsZSBub25jZQ==",
-        &authorization(USER, PASS, 0),
+        &authorization(user, pass, 0),
     );
     v
 }
