@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -60,6 +60,11 @@ pub(crate) struct Limits {
     /// and what one splice moves into a pipe, so a side that stops reading
     /// pins at most about this much per direction.
     pub buffer: usize,
+    /// How long destination-to-client bytes wait, at most, for the
+    /// client's first byte (or its end) before they flow; zero: no wait.
+    /// Keeps a destination's banner out of the client's read of the
+    /// SOCKS5 reply (see `server.banner_hold`).
+    pub hold: Duration,
 }
 
 /// Applies [`Limits::buffer`] to one leg.
@@ -491,7 +496,8 @@ pub(crate) async fn relay_up_to(
             )
         }
     };
-    let both = both_directions(a, b, &finished, &watch);
+    let hold = (!t.hold.is_zero()).then(|| (Timer::after(t.hold), &up));
+    let both = both_directions(a, b, &finished, &watch, hold);
     let watchdog = watchdog(&watch, &last, &finished, [&up_stall, &down_stall], epoch, t);
     let end = both
         .or(watchdog)
@@ -514,8 +520,16 @@ pub(crate) async fn relay_up_to(
 /// Runs both directions (`a` client to destination, `b` back) until both
 /// have finished, or one fails: the first error ends the tunnel. When one
 /// finishes, `finished` is set and the watchdog woken (it then applies the
-/// shorter stall limit).
-async fn both_directions(a: Dir<'_>, b: Dir<'_>, finished: &AtomicBool, watch: &Watch) -> End {
+/// shorter stall limit). With `hold` (a timer and the up count), `b` does
+/// not start until `a` has moved a byte or finished, or the timer fires:
+/// both run in this one task, so `a`'s progress is seen at once.
+async fn both_directions(
+    a: Dir<'_>,
+    b: Dir<'_>,
+    finished: &AtomicBool,
+    watch: &Watch,
+    mut hold: Option<(Timer, &AtomicU64)>,
+) -> End {
     let mut a = pin!(async {
         a.await.map_err(|(side, e)| match side {
             Side::Reader => End::ClientError(e.kind()),
@@ -537,6 +551,13 @@ async fn both_directions(a: Dir<'_>, b: Dir<'_>, finished: &AtomicBool, watch: &
             a_done = true;
             finished.store(true, Ordering::Relaxed);
             watch.event.notify(1);
+        }
+        if let Some((timer, up)) = &mut hold {
+            if a_done || up.load(Ordering::Relaxed) > 0 || Pin::new(timer).poll(cx).is_ready() {
+                hold = None;
+            } else {
+                return Poll::Pending;
+            }
         }
         if !b_done && let Poll::Ready(r) = b.as_mut().poll(cx) {
             if let Err(e) = r {

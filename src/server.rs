@@ -399,7 +399,7 @@ async fn handshake(
     }
 
     // 6. Connect, and only then answer.
-    connect(c, current, &req.addr, &grant).await
+    connect(c, current, &req.addr, &grant, up.data_with_reply).await
 }
 
 /// Who a connection authenticated as, and the digest that let it in (a
@@ -529,6 +529,7 @@ async fn connect(
     current: &Current,
     addr: &Addr,
     grant: &Grant,
+    data_with_reply: bool,
 ) -> Result<Granted, Failure> {
     let cfg = current.get();
     if !cfg.users.grants(&grant.user, &grant.digest) {
@@ -546,6 +547,9 @@ async fn connect(
         ReplyAddress::Hidden => SocketAddr::new(socks5::UNSPECIFIED.ip(), addr.port()),
         ReplyAddress::Local => dest.local_addr().unwrap_or(socks5::UNSPECIFIED),
     };
+    // The reply goes in a write of its own; the relay then holds the
+    // destination's first bytes for `banner_hold` unless the client speaks
+    // first or takes data behind the reply.
     let mut out = Vec::with_capacity(32);
     socks5::write_reply(&mut out, Reply::Succeeded, &Addr::Ip(bound));
     c.deadline = Instant::now() + cfg.timeouts.handshake;
@@ -554,6 +558,11 @@ async fn connect(
         idle: cfg.timeouts.idle,
         send: cfg.timeouts.send,
         buffer: cfg.tunnel_buffer,
+        hold: if data_with_reply || !c.buf.is_empty() {
+            Duration::ZERO
+        } else {
+            cfg.banner_hold
+        },
     };
     Ok(Granted::Tunnel(dest, t))
 }

@@ -323,7 +323,7 @@ fn verify_window_is_minus_60s_to_plus_120s() {
 /// head.
 fn upgrade(server: std::net::SocketAddr, key: &str, authorization: &str) -> http::Head {
     let mut req = Vec::new();
-    http::write_upgrade_request(&mut req, "/", "null", key, authorization);
+    http::write_upgrade_request(&mut req, "/", "null", key, authorization, &[]);
     let mut s = connect(server);
     s.write_all(&req).unwrap();
     read_head(&mut s).0

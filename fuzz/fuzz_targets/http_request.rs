@@ -28,7 +28,7 @@ fn roundtrip(data: &[u8]) {
         return;
     }
     let mut out = Vec::new();
-    http::write_upgrade_request(&mut out, path, host, key, auth);
+    http::write_upgrade_request(&mut out, path, host, key, auth, &[]);
     if out.len() > MAX_HEAD {
         return;
     }

@@ -36,12 +36,16 @@ fuzz_target!(|data: &[u8]| {
     key[..n].copy_from_slice(&data[..n]);
     let key = ws::key_from(key);
     let mut req = Vec::new();
-    http::write_upgrade_request(&mut req, "/", "example.com:80", &key, "Basic eDp5");
+    // Our options header, when the first byte is odd.
+    let with = data.first().is_some_and(|b| b & 1 == 1);
+    let options: &[&str] = if with { &[ws::DATA_WITH_REPLY] } else { &[] };
+    http::write_upgrade_request(&mut req, "/", "example.com:80", &key, "Basic eDp5", options);
     let Ok(Parse::Done(head, _)) = http::parse_request(&req) else {
         panic!("our own upgrade request does not parse");
     };
     let up = ws::check_upgrade(&head).expect("our own upgrade request");
     assert_eq!(up.key, key);
     assert!(up.socks5_offered);
+    assert_eq!(up.data_with_reply, with);
     assert_eq!(up.authorization.as_deref(), Some("Basic eDp5"));
 });

@@ -118,7 +118,16 @@ pub(crate) async fn upgrade(server: &UpstreamServer, limit: Duration) -> Result<
         auth::minute_of(now_ms()),
     );
     let mut req = Vec::with_capacity(300);
-    http::write_upgrade_request(&mut req, &url.path, &server.host_header, &key, &authz);
+    // Our servers need not hold a banner back for us (see
+    // `server.banner_hold`); others ignore the header.
+    http::write_upgrade_request(
+        &mut req,
+        &url.path,
+        &server.host_header,
+        &key,
+        &authz,
+        &[ws::DATA_WITH_REPLY],
+    );
     c.send(&req).await.map_err(|g| match g {
         Gone::TimedOut => UpError::Timeout,
         Gone::Failed(kind) => UpError::Connect(kind.into()),

@@ -391,6 +391,8 @@ pub(crate) async fn serve(
                 // The agent's legs are its own host's programs and its
                 // servers: kernel autotuning, for the WAN leg's sake.
                 buffer: 0,
+                // Its clients get the reply before the tunnel exists.
+                hold: Duration::ZERO,
             };
             let t = finish(&mut local, r, limits, to_remote, framing, &stop).await;
             truncated = t.end.truncated();

@@ -98,6 +98,14 @@ const SERVER_CASES: &[(&str, &str)] = &[
         "DIR/websocks.yaml:4: server.tunnel_buffer_kib: must be 0 (kernel autotuning) or from 64 to 65536",
     ),
     (
+        "  banner_hold: 1001ms\n",
+        "DIR/websocks.yaml:4: server.banner_hold: must be at most 1s (0 turns it off)",
+    ),
+    (
+        "  banner_hold: soon\n",
+        "DIR/websocks.yaml:4: server.banner_hold: `soon` is not a duration like 10s, 500ms, 5m or 1h",
+    ),
+    (
         "  health_path: healthz\n",
         "DIR/websocks.yaml:4: server.health_path: `healthz` must start with /",
     ),

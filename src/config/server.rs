@@ -20,6 +20,13 @@ use crate::acl::{Acl, Rule};
 /// KiB of kernel buffers a tunnel may hold per direction.
 const DEFAULT_TUNNEL_BUFFER_KIB: usize = 512;
 
+/// How long a destination's first bytes wait for the client's (see
+/// [`Server::banner_hold`]).
+const DEFAULT_BANNER_HOLD: Duration = Duration::from_millis(50);
+/// The longest `banner_hold` allowed: beyond this it is a delay, not a
+/// separation.
+const MAX_BANNER_HOLD: Duration = Duration::from_secs(1);
+
 /// Loopback, link-local (with the cloud metadata address 169.254.169.254 and
 /// AWS's fd00:ec2::254), "this network" and the unspecified address: what a
 /// public proxy must never let a client reach by default.
@@ -45,6 +52,13 @@ pub(crate) struct Server {
     pub max_handshakes_per_source: usize,
     /// Bytes of kernel buffers per tunnel direction (0: unbounded).
     pub tunnel_buffer: usize,
+    /// Destination bytes that come before the client's first byte (a
+    /// banner: SSH, SMTP, FTP, MySQL speak first) are held this long at
+    /// most after the SOCKS5 reply, so the reply reaches the client in a
+    /// read of its own: strict clients (the reference agent) take anything
+    /// after the reply in the same read for an error. Zero: not held.
+    /// Clients that offer `data-with-reply` (our agent) are never held.
+    pub banner_hold: Duration,
     pub acl: Acl,
     pub reply_address: ReplyAddress,
     pub health_path: Option<String>,
@@ -104,6 +118,10 @@ pub(super) struct RawServer {
     /// autotuning, unbounded).
     #[serde(default = "default_tunnel_buffer_kib")]
     tunnel_buffer_kib: usize,
+    /// How long a destination's first bytes wait for the client's, at most
+    /// (0: not at all).
+    #[serde(default = "default_banner_hold")]
+    banner_hold: Dur,
     /// Connections not yet authenticated from one address (an IPv6 /64),
     /// at once (default: a quarter of `max_handshakes`, at most 64).
     #[serde(default)]
@@ -123,6 +141,10 @@ pub(super) struct RawServer {
 
 fn default_tunnel_buffer_kib() -> usize {
     DEFAULT_TUNNEL_BUFFER_KIB
+}
+
+fn default_banner_hold() -> Dur {
+    Dur(DEFAULT_BANNER_HOLD)
 }
 
 /// PEM files for the server's TLS, re-read on reload.
@@ -199,6 +221,12 @@ pub(super) fn validate(s: RawServer, src: &Source) -> Result<Server, ConfigError
     let listen = listen(&s.listen, src)?;
     let (max_handshakes, max_handshakes_per_source) = handshake_budgets(&s, src)?;
     let tunnel_buffer = tunnel_buffer(s.tunnel_buffer_kib, src)?;
+    if s.banner_hold.0 > MAX_BANNER_HOLD {
+        return Err(src.err(
+            "server.banner_hold",
+            "must be at most 1s (0 turns it off)".into(),
+        ));
+    }
     let timeouts = timeouts(&s.timeouts, src)?;
     if let Some(p) = &s.health_path
         && !p.starts_with('/')
@@ -222,6 +250,7 @@ pub(super) fn validate(s: RawServer, src: &Source) -> Result<Server, ConfigError
         max_handshakes,
         max_handshakes_per_source,
         tunnel_buffer,
+        banner_hold: s.banner_hold.0,
         acl: Acl {
             allow: s.destinations.allow,
             deny: s.destinations.deny,

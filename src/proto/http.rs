@@ -239,22 +239,31 @@ pub fn write_response(
     out.extend_from_slice(body.as_bytes());
 }
 
-/// Appends a client upgrade request as the spec's "Client Upgrade" shows it.
+/// Appends a client upgrade request as the spec's "Client Upgrade" shows it,
+/// plus our [`OPTIONS`](super::ws::OPTIONS) header when `options` is not
+/// empty.
 pub fn write_upgrade_request(
     out: &mut Vec<u8>,
     path: &str,
     host: &str,
     key: &str,
     authorization: &str,
+    options: &[&str],
 ) {
     out.extend_from_slice(
         format!(
             "GET {path} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nHost: {host}\r\n\
              Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: socks5\r\nAuthorization: {authorization}\r\n\r\n"
+             Sec-WebSocket-Protocol: socks5\r\nAuthorization: {authorization}\r\n"
         )
         .as_bytes(),
     );
+    if !options.is_empty() {
+        out.extend_from_slice(
+            format!("{}: {}\r\n", super::ws::OPTIONS, options.join(", ")).as_bytes(),
+        );
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

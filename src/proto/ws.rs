@@ -30,6 +30,14 @@ pub const PROTOCOL: &str = "socks5";
 pub const FRAME: [u8; 10] = [0x82, 0x7f, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
 /// FIN, PONG, unmasked, empty: the spec's keepalive.
 pub const PONG: [u8; 2] = [0x8a, 0x00];
+/// Our own header, outside the spec: what a peer of ours can do beyond
+/// it, as comma-separated tokens. Peers that do not know it ignore it (the
+/// reference server does), so it is only ever an offer.
+pub const OPTIONS: &str = "WebSocks-Options";
+/// A client's token in [`OPTIONS`]: it takes destination bytes that arrive
+/// in the same read as the SOCKS5 reply (the reference agent does not), so
+/// the server need not hold a banner back for it.
+pub const DATA_WITH_REPLY: &str = "data-with-reply";
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
 pub fn accept(key: &str) -> String {
@@ -72,6 +80,8 @@ pub struct Upgrade {
     pub authorization: Option<String>,
     /// `socks5` was offered (checked after authentication, see the server).
     pub socks5_offered: bool,
+    /// The client offered [`DATA_WITH_REPLY`] in [`OPTIONS`].
+    pub data_with_reply: bool,
 }
 
 /// Checks a request head against RFC 6455 section 4.2.1, tolerating what the
@@ -112,6 +122,7 @@ pub fn check_upgrade(head: &Head) -> Result<Upgrade, UpgradeError> {
         key: key.to_string(),
         authorization: head.one("Authorization").map(str::to_string),
         socks5_offered,
+        data_with_reply: head.has_token(OPTIONS, DATA_WITH_REPLY),
     })
 }
 
@@ -238,5 +249,42 @@ mod tests {
         b.extend_from_slice(&FRAME);
         assert_eq!(leading_pongs(&b), 3);
         assert_eq!(leading_pongs(&[0x8a, 0x00, 0x8a, 0x01]), 1);
+    }
+
+    #[test]
+    fn options_offer_data_with_reply() {
+        let offered = |extra: &str| {
+            let text = format!(
+                "GET / HTTP/1.1\r\nHost: null\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Protocol: socks5\r\n{extra}\r\n"
+            );
+            let Ok(Parse::Done(h, _)) = crate::proto::http::parse_request(text.as_bytes()) else {
+                panic!("{text}")
+            };
+            check_upgrade(&h).unwrap().data_with_reply
+        };
+        assert!(!offered(""));
+        assert!(offered("WebSocks-Options: data-with-reply\r\n"));
+        assert!(offered("websocks-options: later, DATA-WITH-REPLY\r\n"));
+        assert!(!offered("WebSocks-Options: data-with-replies\r\n"));
+        assert!(!offered("X-Data-With-Reply: data-with-reply\r\n"));
+        // Our own request carries it only when asked to.
+        for (options, want) in [(&[][..], false), (&[DATA_WITH_REPLY][..], true)] {
+            let mut req = Vec::new();
+            crate::proto::http::write_upgrade_request(
+                &mut req,
+                "/",
+                "null",
+                "a2V5",
+                "Basic eDp5",
+                options,
+            );
+            let Ok(Parse::Done(h, used)) = crate::proto::http::parse_request(&req) else {
+                panic!()
+            };
+            assert_eq!(used, req.len());
+            assert_eq!(h.has_token(OPTIONS, DATA_WITH_REPLY), want);
+        }
     }
 }

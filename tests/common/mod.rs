@@ -219,6 +219,7 @@ pub fn upgrade_request_as(user: &str, pass: &str) -> Vec<u8> {
         "null",
         "dGhlIHNhbXBsZSBub25jZQ==",
         &authorization(user, pass, 0),
+        &[],
     );
     v
 }
