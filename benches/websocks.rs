@@ -2,7 +2,7 @@
 //!
 //! Run: `cargo bench --bench websocks` (about a minute on 2 cores),
 //! `cargo bench --bench websocks -- --quick` (shorter transfers and
-//! fewer connections), `-- --only bulk,setup,idle` to choose phases and
+//! fewer connections), `-- --only bulk,setup,idle,banner` to choose phases and
 //! `-- --conns 2000,10000` to choose the idle-tunnel counts.
 //!
 //! Starts the bench-profile `websocks` binary as a server and as two agents
@@ -84,7 +84,9 @@ fn parse_args(args: &[String]) -> Opts {
     let mut o = Opts {
         quick: false,
         conns: vec![2000, 10000],
-        only: vec!["bulk".into(), "setup".into(), "idle".into()],
+        only: ["bulk", "setup", "idle", "banner"]
+            .map(String::from)
+            .to_vec(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -110,7 +112,7 @@ fn parse_args(args: &[String]) -> Opts {
             "--bench" => {}
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: cargo bench --bench websocks [-- [--quick] [--conns N[,N...]] [--only bulk,setup,idle]]"
+                    "usage: cargo bench --bench websocks [-- [--quick] [--conns N[,N...]] [--only bulk,setup,idle,banner]]"
                 );
                 std::process::exit(0);
             }
@@ -186,13 +188,18 @@ impl Drop for Helper {
 /// section (e.g. `  tunnel_buffer_kib: 0` to compare a setting side by
 /// side: run the bench once with each).
 fn server_yaml() -> String {
+    server_yaml_with("")
+}
+
+/// [`server_yaml`] with `more` lines in its section.
+fn server_yaml_with(more: &str) -> String {
     let extra = std::env::var("WEBSOCKS_BENCH_SERVER").unwrap_or_default();
     format!(
         "log_target: stderr\nlog_level: info\nserver:\n  listen: [\"127.0.0.1:0\"]\n  \
          users:\n    - {{name: {USER}, password: {PASS}}}\n  \
          destinations: {{allow: [\"127.0.0.0/8\"]}}\n  max_connections: 30000\n  \
          max_handshakes_per_source: 15000\n  \
-         timeouts: {{idle: 3600s}}\n{extra}\n"
+         timeouts: {{idle: 3600s}}\n{more}{extra}\n"
     )
 }
 
@@ -973,6 +980,9 @@ fn main() {
     if want("idle") {
         idle_phase(&mut rep, &o, echo.addr);
     }
+    if want("banner") {
+        banner_phase(&mut rep, &o);
+    }
     drop(echo);
     eprintln!("total {:.0} s", rep.t0.elapsed().as_secs_f64());
     rep.print(&header);
@@ -1289,6 +1299,139 @@ fn idle_phase(rep: &mut Report, o: &Opts, echo: SocketAddr) {
                  cannot raise)",
                 fa.max(fs)
             ));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- banners
+
+/// What a server-first destination says on accept.
+const BANNER: &[u8] = b"220 bench ESMTP\r\n";
+
+/// Milliseconds from `t` until the banner has come in on `s`, after
+/// `have`.
+fn banner_ms(s: &mut TcpStream, mut have: Vec<u8>, t: Instant) -> io::Result<f64> {
+    let mut b = [0u8; 64];
+    while have.len() < BANNER.len() {
+        let n = s.read(&mut b)?;
+        if n == 0 {
+            return Err(err("EOF before the banner"));
+        }
+        have.extend_from_slice(&b[..n]);
+    }
+    if have != BANNER {
+        return Err(err("not the banner"));
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+/// A client as strict as the reference agent (each step after the answer
+/// to the one before) opening a tunnel to `dest` through `server`: ms from
+/// its CONNECT to the banner, when it waits for the banner (`speak`
+/// false, SMTP) or sends its own first (`speak`, SSH).
+fn strict_banner(server: SocketAddr, dest: SocketAddr, speak: bool) -> io::Result<f64> {
+    use websocks::proto::{socks5, ws};
+    let mut s = common::try_connect(server, IO_TIMEOUT)?;
+    s.write_all(&common::upgrade_request())?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 512];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut b[..1])?;
+        if n == 0 {
+            return Err(err("EOF in the 101"));
+        }
+        head.push(b[0]);
+    }
+    s.write_all(&ws::FRAME)?;
+    s.read_exact(&mut b[..10])?;
+    s.write_all(&[5, 1, socks5::METHOD_NO_AUTH])?;
+    s.read_exact(&mut b[..2])?;
+    let mut req = Vec::new();
+    socks5::write_connect(&mut req, &socks5::Addr::Ip(dest));
+    let t = Instant::now();
+    s.write_all(&req)?;
+    s.read_exact(&mut b[..10])?;
+    if b[1] != 0 {
+        return Err(err("CONNECT refused"));
+    }
+    if speak {
+        s.write_all(b"SSH-2.0-bench\r\n")?;
+    }
+    banner_ms(&mut s, Vec::new(), t)
+}
+
+/// Through an agent: ms from the SOCKS5 CONNECT to the banner.
+fn agent_banner(agent: SocketAddr, dest: SocketAddr) -> io::Result<f64> {
+    let t = Instant::now();
+    let mut s = open(Some(agent), dest)?;
+    banner_ms(&mut s, Vec::new(), t)
+}
+
+/// Median of `n` runs of `f` (ms), and how many failed.
+fn median_ms(n: usize, mut f: impl FnMut() -> io::Result<f64>) -> (f64, usize) {
+    let (mut v, mut failed) = (Vec::with_capacity(n), 0);
+    for _ in 0..n {
+        match f() {
+            Ok(ms) => v.push(ms),
+            Err(_) => failed += 1,
+        }
+    }
+    v.sort_by(f64::total_cmp);
+    (v.get(v.len() / 2).copied().unwrap_or(f64::NAN), failed)
+}
+
+/// The price of `server.banner_hold` for server-first protocols: the time
+/// from CONNECT to a destination's banner with the default hold against
+/// the same server with the hold off, for a strict client that waits for
+/// the banner, one that speaks first, and our agent (which offers
+/// `data-with-reply` and is never held).
+fn banner_phase(rep: &mut Report, o: &Opts) {
+    let dest = serve_each(|mut s| {
+        let _ = s.set_nodelay(true);
+        if s.write_all(BANNER).is_ok() {
+            let mut b = [0u8; 256];
+            while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+        }
+    });
+    let held = websocks("server", &server_yaml());
+    let open = websocks("server", &server_yaml_with("  banner_hold: 0ms\n"));
+    let agents = [&held, &open].map(|s| websocks("agent", &agent_yaml(s.addr(), 4)));
+    thread::sleep(Duration::from_millis(1000)); // the pools fill
+    let n = if o.quick { 50 } else { 200 };
+    let cases: [(
+        &str,
+        &dyn Fn(SocketAddr, SocketAddr) -> io::Result<f64>,
+        [SocketAddr; 2],
+    ); 3] = [
+        (
+            "strict client, waits for the banner",
+            &|s, d| strict_banner(s, d, false),
+            [held.addr(), open.addr()],
+        ),
+        (
+            "strict client, speaks first",
+            &|s, d| strict_banner(s, d, true),
+            [held.addr(), open.addr()],
+        ),
+        (
+            "our agent, pooled",
+            &agent_banner,
+            [agents[0].addr(), agents[1].addr()],
+        ),
+    ];
+    for (name, f, [with, without]) in cases {
+        let (mw, fw) = median_ms(n, || f(with, dest));
+        let (mo, fo) = median_ms(n, || f(without, dest));
+        rep.row(
+            &format!("banner after CONNECT, {name}: hold 50 ms vs off (ms)"),
+            format!("{mw:.2}"),
+            format!("{mo:.2}"),
+            format!("{:+.2} ms", mw - mo),
+            "",
+            None,
+        );
+        if fw + fo > 0 {
+            rep.note(format!("banner {name}: {fw} + {fo} of {n} failed"));
         }
     }
 }

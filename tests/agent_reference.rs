@@ -75,6 +75,10 @@ enum Mode {
     CloseAfter101,
     /// A good 101, frame and `05 00`, then reply `05 05`.
     SocksRefused,
+    /// A good 101, frame, `05 00` and a success reply, then the connection
+    /// is closed: what vproxy's server does when the destination refuses,
+    /// since it replies before it connects.
+    SuccessThenClose,
 }
 
 /// What happened on one connection, as the fake saw it.
@@ -430,12 +434,21 @@ fn handle(mut s: TcpStream, mode: Mode, ctx: &Ctx) -> Result<Outcome, String> {
         ));
     }
     let Mode::Good(seg) = mode else {
-        // SocksRefused: vproxy's frame, method, then the failure reply.
+        // SocksRefused: vproxy's frame, method, then the failure reply;
+        // SuccessThenClose: the success it sends before connecting.
         s.write_all(&FRAME).map_err(|e| e.to_string())?;
         s.write_all(&[5, 0]).map_err(|e| e.to_string())?;
         let port = req.addr.port().to_be_bytes();
-        s.write_all(&[5, 5, 0, 1, 0, 0, 0, 0, port[0], port[1]])
+        let rep = if mode == Mode::SuccessThenClose { 0 } else { 5 };
+        s.write_all(&[5, rep, 0, 1, 0, 0, 0, 0, port[0], port[1]])
             .map_err(|e| e.to_string())?;
+        if mode == Mode::SuccessThenClose {
+            let _ = s.shutdown(Shutdown::Both);
+            return Ok(Outcome::Refused {
+                mode,
+                after: Vec::new(),
+            });
+        }
         let _ = s.shutdown(Shutdown::Write);
         let after = drain(&mut s, Duration::from_secs(5))?;
         return Ok(Outcome::Refused { mode, after });
@@ -902,4 +915,34 @@ fn close_after_101_gives_general_failure() {
 #[test]
 fn server_reply_05_reaches_the_client() {
     refusal(Mode::SocksRefused, socks5::REP_CONNECTION_REFUSED);
+}
+
+/// vproxy's server answers success before it connects, so a destination
+/// that refuses shows up as a success followed by a close. Our agent
+/// passes on what the server said, then the close: the SOCKS5 client gets
+/// `05 00` and EOF, and the log line says `up=0 down=0 end=closed`. The
+/// agent serves the next request as usual.
+#[test]
+fn reference_success_then_close_reaches_the_client_as_a_close() {
+    let (fake, d) = start("/", "{size: 0}");
+    fake.wait_health();
+    fake.set(Mode::SuccessThenClose);
+    let refused = common::closed_port();
+    let (reply, mut s) = socks_connect(d.addr(), &dest_addr(refused.port(), false));
+    assert_eq!(reply[..2], [5, 0], "reply {reply:02x?}");
+    assert_eq!(common::read_to_end(&mut s), b"");
+    drop(s);
+    let line = d.wait_log(&["via=socks5", &format!(":{}", refused.port())]);
+    assert!(
+        line.contains("up=0 down=0") && line.contains("end=closed"),
+        "{line}"
+    );
+    match fake.wait("refused", |o| matches!(o, Outcome::Refused { .. })) {
+        Outcome::Refused { mode, .. } => assert_eq!(mode, Mode::SuccessThenClose),
+        o => unreachable!("{o:?}"),
+    }
+    let (responder, rx) = http_responder();
+    fake.set(Mode::Good(Seg::Transcript));
+    fetch_page(d.addr(), responder, false, &rx);
+    fake.assert_no_errors();
 }
