@@ -1367,6 +1367,9 @@ fn agent_banner(agent: SocketAddr, dest: SocketAddr) -> io::Result<f64> {
     banner_ms(&mut s, Vec::new(), t)
 }
 
+/// One way to time a banner: through `via` to `dest`, in ms.
+type Probe = dyn Fn(SocketAddr, SocketAddr) -> io::Result<f64>;
+
 /// Median of `n` runs of `f` (ms), and how many failed.
 fn median_ms(n: usize, mut f: impl FnMut() -> io::Result<f64>) -> (f64, usize) {
     let (mut v, mut failed) = (Vec::with_capacity(n), 0);
@@ -1398,11 +1401,7 @@ fn banner_phase(rep: &mut Report, o: &Opts) {
     let agents = [&held, &open].map(|s| websocks("agent", &agent_yaml(s.addr(), 4)));
     thread::sleep(Duration::from_millis(1000)); // the pools fill
     let n = if o.quick { 50 } else { 200 };
-    let cases: [(
-        &str,
-        &dyn Fn(SocketAddr, SocketAddr) -> io::Result<f64>,
-        [SocketAddr; 2],
-    ); 3] = [
+    let cases: [(&str, &Probe, [SocketAddr; 2]); 3] = [
         (
             "strict client, waits for the banner",
             &|s, d| strict_banner(s, d, false),

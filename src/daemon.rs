@@ -21,7 +21,7 @@ use crate::config::{self, Config};
 use crate::log::NOTICE;
 use crate::shutdown::{Shutdown, Stage};
 use crate::systemd::{self, Activated};
-use crate::{agent, server};
+use crate::{agent, exporter, metrics, server};
 
 /// Why the daemon could not start; each maps to one exit code in `cli`.
 #[derive(Debug)]
@@ -51,15 +51,48 @@ struct Live {
     grace_ms: std::sync::atomic::AtomicU64,
     /// Executor threads started; a restart applies a new count.
     threads: usize,
+    /// The metrics endpoint's settings (its users and `per_user` reload;
+    /// its listeners do not), when it serves.
+    metrics: RwLock<Option<Arc<config::metrics::Metrics>>>,
 }
 
 impl Live {
     /// What a listener for `role` serves: `listeners` makes sockets only
     /// for the sections in the file, and so in `Live`.
-    fn service(&self, role: Role) -> Option<Service> {
+    fn service(self: &Arc<Self>, role: Role) -> Option<Service> {
         match role {
             Role::Server => self.server.clone().map(Service::Server),
             Role::Agent(kind) => self.agent.clone().map(|a| Service::Agent(kind, a)),
+            Role::Metrics => Some(Service::Metrics(self.clone())),
+        }
+    }
+
+    /// Whether per-user series are asked for.
+    fn per_user(&self) -> bool {
+        self.metrics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|m| m.per_user)
+    }
+
+    /// What the figures need from the running daemon, now.
+    fn view(&self) -> metrics::View {
+        metrics::View {
+            users: self.server.as_ref().map(|s| s.get().users.len()),
+            agent: self.agent.as_ref().map(|a| {
+                a.get()
+                    .upstreams
+                    .all
+                    .iter()
+                    .map(|u| metrics::ServerView {
+                        name: u.server.name.clone(),
+                        healthy: u.is_healthy(),
+                        ready: u.ready(),
+                        stats: u.stats.clone(),
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -84,12 +117,14 @@ impl AgentLive {
 pub(crate) enum Role {
     Server,
     Agent(agent::Kind),
+    Metrics,
 }
 
 /// What a listener serves, with the configuration its connections read.
 enum Service {
     Server(Arc<server::Current>),
     Agent(agent::Kind, Arc<AgentLive>),
+    Metrics(Arc<Live>),
 }
 
 impl Service {
@@ -100,6 +135,7 @@ impl Service {
         match self {
             Service::Server(cur) => Session::Server(cur.clone()),
             Service::Agent(kind, a) => Session::Agent(*kind, a.get()),
+            Service::Metrics(live) => Session::Metrics(live.clone()),
         }
     }
 }
@@ -108,6 +144,7 @@ impl Service {
 enum Session {
     Server(Arc<server::Current>),
     Agent(agent::Kind, Arc<agent::State>),
+    Metrics(Arc<Live>),
 }
 
 impl Session {
@@ -123,6 +160,31 @@ impl Session {
                 )
             }
             Session::Agent(_, st) => (st.cfg.max_connections, None),
+            Session::Metrics(_) => (METRICS_CONNECTIONS, None),
+        }
+    }
+
+    /// Counts an accepted connection in the metrics, and one closed at
+    /// once for a limit (`refused`).
+    fn count(&self, refused: bool) {
+        match self {
+            Session::Server(_) => {
+                metrics::SERVER.accepted.inc();
+                if refused {
+                    metrics::SERVER.ended.at("rejected").inc();
+                    metrics::SERVER.rejected.at("limit").inc();
+                }
+            }
+            Session::Agent(kind, _) => {
+                metrics::AGENT
+                    .accepted
+                    .at(socket_name(Role::Agent(*kind)))
+                    .inc();
+                if refused {
+                    metrics::AGENT.ended.at("rejected").inc();
+                }
+            }
+            Session::Metrics(_) => {}
         }
     }
 
@@ -136,9 +198,22 @@ impl Session {
         match self {
             Session::Server(cur) => server::serve(stream, peer, cur, admitted, stop).await,
             Session::Agent(kind, st) => agent::serve(stream, peer, kind, st, stop).await,
+            Session::Metrics(live) => {
+                let cfg = live
+                    .metrics
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Some(cfg) = cfg {
+                    exporter::serve(stream, peer, &cfg, || live.view(), &stop).await;
+                }
+            }
         }
     }
 }
+
+/// Scrapes served at once; more are closed at accept.
+const METRICS_CONNECTIONS: usize = 16;
 
 /// Accept errors that mean "out of a resource for now" rather than "this
 /// one connection failed": back off instead of spinning.
@@ -225,15 +300,18 @@ async fn accept_each(
             Some((max, per_source)) => match handshakes.take(peer.ip(), max, per_source) {
                 Ok(h) => h,
                 Err(full) => {
+                    session.count(true);
                     refuse(full.to_string(), peer);
                     continue;
                 }
             },
         };
         let Some(slot) = slots.take(max) else {
+            session.count(true);
             refuse(format!("max_connections ({max}) reached"), peer);
             continue;
         };
+        session.count(false);
         let stop = stop.clone();
         ex.spawn(async move {
             let _slot = slot;
@@ -257,6 +335,7 @@ fn socket_name(role: Role) -> &'static str {
         Role::Agent(agent::Kind::Socks5) => "socks5",
         Role::Agent(agent::Kind::Http) => "http",
         Role::Agent(agent::Kind::Mixed) => "mixed",
+        Role::Metrics => "metrics",
     }
 }
 
@@ -271,6 +350,9 @@ fn listeners(cfg: &Config, act: &mut Activated) -> Result<Vec<Listener>, StartEr
         wanted.push((Role::Agent(agent::Kind::Socks5), a.socks5.clone()));
         wanted.push((Role::Agent(agent::Kind::Http), a.http.clone()));
         wanted.push((Role::Agent(agent::Kind::Mixed), a.mixed.clone()));
+    }
+    if let Some(m) = &cfg.metrics {
+        wanted.push((Role::Metrics, m.listen.clone()));
     }
     let mut out = Vec::new();
     for (role, addrs) in wanted {
@@ -304,7 +386,8 @@ fn listeners(cfg: &Config, act: &mut Activated) -> Result<Vec<Listener>, StartEr
     if !act.is_empty() {
         return Err(StartError::Config(format!(
             "systemd passed sockets named {:?} that no configured section uses; name them \
-             (FileDescriptorName=) websocks for the server, socks5, http or mixed for the agent",
+             (FileDescriptorName=) websocks for the server, socks5, http or mixed for the agent, \
+             metrics for the metrics endpoint",
             act.leftover()
         )));
     }
@@ -316,6 +399,24 @@ fn listeners(cfg: &Config, act: &mut Activated) -> Result<Vec<Listener>, StartEr
         return Err(StartError::Config(format!(
             "agent listener {addr} is reachable beyond loopback: add `agent.users`"
         )));
+    }
+    // systemd's metrics sockets beyond loopback need the same consent as
+    // configured ones.
+    if let Some(m) = &cfg.metrics
+        && m.users.is_none()
+        && !m.allow_remote
+    {
+        let got: Vec<SocketAddr> = out
+            .iter()
+            .filter(|l| l.role == Role::Metrics)
+            .filter_map(|l| l.socket.local_addr().ok())
+            .collect();
+        if let Some(addr) = config::metrics::remote(&got) {
+            return Err(StartError::Config(format!(
+                "metrics listener {addr} is reachable beyond loopback: add `metrics.users` or \
+                 `metrics.allow_remote: true`"
+            )));
+        }
     }
     Ok(out)
 }
@@ -354,6 +455,7 @@ fn listen_mismatch(role: Role, got: &[SocketAddr], configured: &[SocketAddr]) ->
         Role::Agent(agent::Kind::Socks5) => "agent.socks5.listen",
         Role::Agent(agent::Kind::Http) => "agent.http.listen",
         Role::Agent(agent::Kind::Mixed) => "agent.mixed.listen",
+        Role::Metrics => "metrics.listen",
     };
     let list = |v: &[SocketAddr]| {
         if v.is_empty() {
@@ -471,7 +573,37 @@ fn reload(
         ));
         cur.set(st);
     }
+    reload_metrics(live, new.metrics, bound);
     Ok(changes.join(", "))
+}
+
+/// Applies a reloaded `metrics:` section: its users and `per_user`; a
+/// section added, removed or listening elsewhere waits for a restart.
+fn reload_metrics(
+    live: &Live,
+    new: Option<config::metrics::Metrics>,
+    bound: &[(Role, SocketAddr, bool)],
+) {
+    let serving = bound.iter().any(|b| b.0 == Role::Metrics);
+    let mut cur = live.metrics.write().unwrap_or_else(|e| e.into_inner());
+    match (cur.as_ref(), new) {
+        (None, None) => {}
+        (Some(_), None) => log::warn!(
+            "reload: metrics section removed: the endpoint keeps serving until the next restart"
+        ),
+        (None, Some(_)) => {
+            log::warn!("reload: metrics section added: the endpoint starts at the next restart");
+        }
+        (Some(old), Some(m)) => {
+            if old.listen != m.listen && bound.iter().any(|b| b.0 == Role::Metrics && !b.2) {
+                log::warn!("reload: metrics.listen changes take effect at the next restart");
+            }
+            if serving {
+                metrics::set_per_user(m.per_user);
+                *cur = Some(Arc::new(m));
+            }
+        }
+    }
 }
 
 /// Raises the soft descriptor limit to the hard one: each tunnel holds two
@@ -561,8 +693,13 @@ fn start(
             .map(|a| Arc::new(AgentLive(RwLock::new(agent::State::start(a, ex))))),
         grace_ms: (cfg.shutdown_grace.as_millis() as u64).into(),
         threads,
+        metrics: RwLock::new(cfg.metrics.map(Arc::new)),
     });
+    metrics::started();
+    metrics::set_per_user(live.per_user());
     let slots = [Arc::new(Slots::new()), Arc::new(Slots::new())];
+    // Scrapes are not connections the drain waits for.
+    let scrapes = Arc::new(Slots::new());
     let handshakes = Arc::new(Handshakes::new());
     let stop = Shutdown::new();
     let mut loops = Vec::new();
@@ -574,6 +711,7 @@ fn start(
             Role::Agent(agent::Kind::Socks5) => "agent socks5",
             Role::Agent(agent::Kind::Http) => "agent http",
             Role::Agent(agent::Kind::Mixed) => "agent mixed",
+            Role::Metrics => "metrics",
         };
         let how = if l.from_systemd {
             " (socket from systemd)"
@@ -585,6 +723,7 @@ fn start(
         let slots = match l.role {
             Role::Server => &slots[0],
             Role::Agent(_) => &slots[1],
+            Role::Metrics => &scrapes,
         };
         let listener = TcpListener::try_from(l.socket).map_err(StartError::Os)?;
         let Some(service) = live.service(l.role) else {
@@ -644,7 +783,9 @@ async fn serve_until_signal(d: &Running, signals: &mut Signals) {
         match sig {
             Ok(Signal::Hup) => {
                 systemd::reloading();
-                match reload(&d.path, &d.live, &d.ex, &d.bound) {
+                let r = reload(&d.path, &d.live, &d.ex, &d.bound);
+                metrics::reloaded(r.is_ok());
+                match r {
                     Ok(what) => {
                         log::info!("reloaded {}: {what}", d.path.display());
                         systemd::ready(&status_line(&d.live, &d.slots));

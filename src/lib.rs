@@ -36,11 +36,13 @@ mod config;
 mod daemon;
 mod deadline;
 mod dial;
+mod exporter;
 // Entry points for the fuzz targets in `fuzz/` (the config loader, rules,
 // durations); not an API.
 #[doc(hidden)]
 pub mod fuzz;
 mod log;
+mod metrics;
 mod relay;
 mod server;
 mod shutdown;

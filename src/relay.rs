@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_io::Timer;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt, future};
 
+use crate::metrics::{Counter, Meter};
 use crate::proto::proxy::{Body, Scan};
 use crate::shutdown::{Shutdown, Stage};
 use crate::tls::Stream;
@@ -84,6 +85,48 @@ fn bound(s: &async_net::TcpStream, bytes: usize) {
 /// destination that does not read frees its buffers at once).
 const STALL_AFTER_CLOSE: Duration = Duration::from_secs(1);
 
+/// One direction's byte count: the tunnel's own total, and the shared
+/// counters (the role's, and the user's with `metrics.per_user`), which
+/// get what moved since the last flush once per relay wake-up rather than
+/// an atomic add on a shared cache line per splice.
+pub(crate) struct Tally<'a> {
+    count: AtomicU64,
+    flushed: AtomicU64,
+    shared: &'a Counter,
+    user: Option<&'a Counter>,
+}
+
+impl<'a> Tally<'a> {
+    fn new(shared: &'a Counter, user: Option<&'a Counter>) -> Tally<'a> {
+        Tally {
+            count: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+            shared,
+            user,
+        }
+    }
+
+    fn add(&self, n: u64) {
+        self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Passes what moved since the last flush on to the shared counters.
+    fn flush(&self) {
+        let now = self.get();
+        let n = now - self.flushed.swap(now, Ordering::Relaxed);
+        if n > 0 {
+            self.shared.add(n);
+            if let Some(u) = self.user {
+                u.add(n);
+            }
+        }
+    }
+}
+
 /// Resets `s` when it is closed (SO_LINGER 0): the peer sees
 /// ECONNRESET instead of a clean end of stream.
 pub(crate) fn reset_on_close(s: &async_net::TcpStream) {
@@ -138,6 +181,21 @@ impl Stall<'_> {
         match self.since.load(Ordering::Relaxed) {
             0 => None,
             t => Some(epoch.elapsed().saturating_sub(Duration::from_millis(t - 1))),
+        }
+    }
+}
+
+impl End {
+    /// The `end` label of the metrics (the log's `end=`, in the
+    /// exposition's spelling).
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Idle => "idle_timeout",
+            End::Stalled => "send_timeout",
+            End::ClientError(_) => "client_error",
+            End::DestError(_) => "destination_error",
+            End::Cut => "cut",
         }
     }
 }
@@ -206,7 +264,7 @@ mod splice {
 
     use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
 
-    use super::{Side, Stall};
+    use super::{Side, Stall, Tally};
 
     /// Bytes moved per splice call, and the pipe size asked for.
     pub(super) const CHUNK: usize = 1024 * 1024;
@@ -220,7 +278,7 @@ mod splice {
     pub(super) async fn pump(
         from: Sock,
         to: Sock,
-        count: &AtomicU64,
+        count: &Tally<'_>,
         last: &AtomicU64,
         stall: &Stall<'_>,
         epoch: Instant,
@@ -236,6 +294,7 @@ mod splice {
                         // EOF: pass the FIN on; the other direction goes on.
                         let _ = to.get_ref().shutdown(std::net::Shutdown::Write);
                         give_pipe(pipe);
+                        count.flush();
                         return Ok(());
                     }
                     Ok(n) => n,
@@ -260,7 +319,7 @@ mod splice {
                         Err(e) => return Err((Side::Writer, e.into())),
                     }
                 }
-                count.fetch_add(n as u64, Ordering::Relaxed);
+                count.add(n as u64);
                 last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                 if n < chunk {
                     // Less than asked for: the socket was drained. Wait
@@ -270,6 +329,8 @@ mod splice {
                 }
             }
             give_pipe(pipe);
+            // Once per wake-up, not per splice: the shared counters.
+            count.flush();
             from.readable().await.map_err(|e| (Side::Reader, e))?;
         }
     }
@@ -304,12 +365,13 @@ mod splice {
     async fn copy(
         from: Sock,
         to: Sock,
-        count: &AtomicU64,
+        count: &Tally<'_>,
         last: &AtomicU64,
         stall: &Stall<'_>,
         epoch: Instant,
     ) -> Result<(), (Side, io::Error)> {
         loop {
+            count.flush();
             from.readable().await.map_err(|e| (Side::Reader, e))?;
             let mut buf = vec![0u8; super::BUF];
             loop {
@@ -338,7 +400,7 @@ mod splice {
                         Err(e) => return Err((Side::Writer, e)),
                     }
                 }
-                count.fetch_add(n as u64, Ordering::Relaxed);
+                count.add(n as u64);
                 last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
             }
         }
@@ -350,7 +412,7 @@ mod splice {
 async fn pump(
     mut from: Reader,
     mut to: Writer,
-    count: &AtomicU64,
+    count: &Tally<'_>,
     last: &AtomicU64,
     stall: &Stall<'_>,
     epoch: Instant,
@@ -379,7 +441,8 @@ async fn pump(
         // must not wait for the next burst.
         to.flush().await.map_err(|e| (Side::Writer, e))?;
         stall.moved();
-        count.fetch_add(n as u64, Ordering::Relaxed);
+        count.add(n as u64);
+        count.flush();
         last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
@@ -389,8 +452,14 @@ async fn pump(
 /// `idle`, or `stop` reaches [`Stage::Cut`]. Plain TCP on both sides goes
 /// through the kernel with splice(2) on Linux: no user-space copy, and no
 /// buffer held while a tunnel is idle.
-pub(crate) async fn relay(client: Stream, dest: Stream, t: Limits, stop: &Shutdown) -> Totals {
-    relay_up_to(client, dest, t, None, stop).await
+pub(crate) async fn relay(
+    client: Stream,
+    dest: Stream,
+    t: Limits,
+    stop: &Shutdown,
+    meter: &Meter,
+) -> Totals {
+    relay_up_to(client, dest, t, None, stop, meter).await
 }
 
 /// Copies a forwarded HTTP request's body from the client, up to the end
@@ -403,7 +472,7 @@ async fn limited(
     mut from: Reader,
     mut to: Writer,
     mut body: Body,
-    count: &AtomicU64,
+    count: &Tally<'_>,
     last: &AtomicU64,
     epoch: Instant,
 ) -> Result<(), (Side, io::Error)> {
@@ -430,7 +499,8 @@ async fn limited(
             .await
             .map_err(|e| (Side::Writer, e))?;
         to.flush().await.map_err(|e| (Side::Writer, e))?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
+        count.add(n as u64);
+        count.flush();
         last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
     Ok(())
@@ -444,9 +514,13 @@ pub(crate) async fn relay_up_to(
     t: Limits,
     up_limit: Option<Body>,
     stop: &Shutdown,
+    meter: &Meter,
 ) -> Totals {
     let epoch = Instant::now();
-    let (up, down, last) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let user = meter.user.as_deref();
+    let up = Tally::new(&meter.bytes.up, user.map(|u| &u.bytes.up));
+    let down = Tally::new(&meter.bytes.down, user.map(|u| &u.bytes.down));
+    let last = AtomicU64::new(0);
     let watch = Watch {
         wake_at: AtomicU64::new(u64::MAX),
         send_ms: t.send.as_millis() as u64,
@@ -510,9 +584,11 @@ pub(crate) async fn relay_up_to(
         reset_on_close(&client_tcp);
         reset_on_close(&dest_tcp);
     }
+    up.flush();
+    down.flush();
     Totals {
-        up: up.load(Ordering::Relaxed),
-        down: down.load(Ordering::Relaxed),
+        up: up.get(),
+        down: down.get(),
         end,
     }
 }
@@ -528,7 +604,7 @@ async fn both_directions(
     b: Dir<'_>,
     finished: &AtomicBool,
     watch: &Watch,
-    mut hold: Option<(Timer, &AtomicU64)>,
+    mut hold: Option<(Timer, &Tally<'_>)>,
 ) -> End {
     let mut a = pin!(async {
         a.await.map_err(|(side, e)| match side {
@@ -553,7 +629,7 @@ async fn both_directions(
             watch.event.notify(1);
         }
         if let Some((timer, up)) = &mut hold {
-            if a_done || up.load(Ordering::Relaxed) > 0 || Pin::new(timer).poll(cx).is_ready() {
+            if a_done || up.get() > 0 || Pin::new(timer).poll(cx).is_ready() {
                 hold = None;
             } else {
                 return Poll::Pending;

@@ -15,6 +15,7 @@ use crate::admission::Handshaking;
 use crate::config::{ReplyAddress, Secret, Server};
 use crate::deadline::timeout;
 use crate::dial::{Asker, DialError, dial};
+use crate::metrics::{self, Held, Meter};
 use crate::proto::http::{self, HeadError};
 use crate::proto::socks5::{self, Addr, Reply, SocksError};
 use crate::proto::ws::{self, FrameError, UpgradeError};
@@ -98,6 +99,60 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// The `reason` label of `websocks_server_rejections_total`.
+    fn label(&self) -> &'static str {
+        match self {
+            Failure::Gone(_) => "client_gone",
+            Failure::Head(_) => "bad_http",
+            Failure::Upgrade(UpgradeError::Protocol) | Failure::Upgrade(_) => "not_upgrade",
+            Failure::Unauthorized(..) => "unauthorized",
+            Failure::Frame(_) => "frame",
+            Failure::PongFlood => "pong_flood",
+            Failure::Revoked(_) => "revoked",
+            Failure::Greeting(_) => "greeting",
+            Failure::Request(_) => "request",
+            Failure::Command(_) => "command",
+            Failure::Dial(_) => "dial",
+        }
+    }
+
+    /// Counts this failure in the metrics.
+    fn count(&self) {
+        let m = &metrics::SERVER;
+        m.ended.at("rejected").inc();
+        m.rejected.at(self.label()).inc();
+        match self {
+            Failure::Unauthorized(why, user) => {
+                let reason = match *why {
+                    NO_AUTHORIZATION => "missing",
+                    MALFORMED => "malformed",
+                    UNKNOWN_USER => "unknown_user",
+                    _ => "bad_credential",
+                };
+                m.auth_failures.at(reason).inc();
+                // Only a configured user's name becomes a label.
+                if reason == "bad_credential"
+                    && let Some(u) = user.as_deref().and_then(metrics::user)
+                {
+                    u.auth_failures.inc();
+                }
+            }
+            Failure::Dial(e) => {
+                let code = format!("{:02x}", e.reply().code());
+                let known = metrics::REPLY_CODES.contains(&code.as_str());
+                m.dial_errors.at(if known { &code } else { "other" }).inc();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Why credentials were refused, as logged.
+const NO_AUTHORIZATION: &str = "no Authorization header";
+const MALFORMED: &str = "malformed Authorization";
+const UNKNOWN_USER: &str = "unknown user";
+
 /// What a connection came for, when its handshake did not fail.
 enum Granted {
     /// A tunnel: the connected destination, and the relay limits in force
@@ -175,6 +230,8 @@ impl From<Gone> for Failure {
 
 /// What we know of a connection, for its log line.
 struct Record {
+    /// When the connection was accepted.
+    start: Instant,
     user: Option<String>,
     dest: Option<Addr>,
     /// When the 101 went out and when the frame came: an agent's pooled
@@ -183,6 +240,9 @@ struct Record {
     /// When the SOCKS5 request was read: `duration=` counts from there, so
     /// a tunnel's line says how long the tunnel lasted, not the pool wait.
     request: Option<Instant>,
+    /// The gauge that counts this connection now: handshaking, waiting
+    /// for its frame, or a tunnel.
+    gauge: Option<Held>,
 }
 
 impl Record {
@@ -240,6 +300,8 @@ pub(crate) async fn serve(
                 Err(e) => {
                     // Garbage, plain HTTP on the TLS port, an abandoned
                     // handshake: this connection only.
+                    metrics::SERVER.ended.at("rejected").inc();
+                    metrics::SERVER.rejected.at("tls").inc();
                     log::info!(
                         "peer={peer} user=- dst=- up=0 down=0 waited=- duration={:.3}s end=rejected: TLS handshake: {e}",
                         start.elapsed().as_secs_f64()
@@ -250,10 +312,12 @@ pub(crate) async fn serve(
         }
     };
     let mut rec = Record {
+        start,
         user: None,
         dest: None,
         waiting: None,
         request: None,
+        gauge: Some(metrics::SERVER.handshaking.hold()),
     };
     let mut c = Conn::new(stream, deadline);
     // Relayed, or to be answered (maybe with nothing) and closed: the log
@@ -268,14 +332,16 @@ pub(crate) async fn serve(
     ))
     .await
     {
-        Ok(Granted::Tunnel(dest, t)) => Ok(relay_after(c, dest, t, &stop).await),
+        Ok(Granted::Tunnel(dest, t)) => Ok(tunnel(c, dest, t, &stop, &mut rec).await),
         Ok(Granted::Health) => {
+            metrics::SERVER.health_checks.inc();
             let mut ok = Vec::new();
             http::write_response(&mut ok, 200, "OK", &[], "ok\n");
             // Logged quietly, as a client gone during the handshake is.
             Err((log::Level::Debug, "health check".to_string(), ok, c))
         }
         Err(f) => {
+            f.count();
             let level = match f {
                 Failure::Gone(_) => log::Level::Debug,
                 _ => log::Level::Info,
@@ -283,6 +349,7 @@ pub(crate) async fn serve(
             Err((level, f.to_string(), f.answer(), c))
         }
     };
+    rec.gauge = None;
     let user = rec.user.as_deref().unwrap_or("-");
     let dest = rec
         .dest
@@ -313,8 +380,36 @@ pub(crate) async fn serve(
     }
 }
 
+/// A granted tunnel, counted in the metrics.
+async fn tunnel(
+    c: Conn,
+    dest: TcpStream,
+    t: relay::Limits,
+    stop: &Shutdown,
+    rec: &mut Record,
+) -> Totals {
+    rec.gauge = Some(metrics::SERVER.tunnels.hold());
+    let user = rec.user.as_deref().and_then(metrics::user);
+    if let Some(u) = &user {
+        u.tunnels.inc();
+    }
+    let meter = Meter {
+        bytes: &metrics::SERVER.bytes,
+        user,
+    };
+    let t = relay_after(c, dest, t, stop, &meter).await;
+    metrics::SERVER.ended.at(t.end.label()).inc();
+    t
+}
+
 /// Relays, starting with whatever the client sent early.
-async fn relay_after(c: Conn, mut dest: TcpStream, t: relay::Limits, stop: &Shutdown) -> Totals {
+async fn relay_after(
+    c: Conn,
+    mut dest: TcpStream,
+    t: relay::Limits,
+    stop: &Shutdown,
+    meter: &Meter,
+) -> Totals {
     let early = c.buf;
     let sent = early.len() as u64;
     if !early.is_empty()
@@ -328,7 +423,8 @@ async fn relay_after(c: Conn, mut dest: TcpStream, t: relay::Limits, stop: &Shut
         };
     }
     drop(early);
-    let mut t = relay::relay(c.stream, Stream::Plain(dest), t, stop).await;
+    meter.add(sent, 0);
+    let mut t = relay::relay(c.stream, Stream::Plain(dest), t, stop, meter).await;
     t.up += sent;
     t
 }
@@ -383,7 +479,9 @@ async fn handshake(
     rec.waiting = Some((Instant::now(), None));
 
     // 3. PONGs, then the 10-byte frame.
+    rec.gauge = Some(metrics::SERVER.waiting.hold());
     wait_for_frame(c, cfg, current, stop, &grant).await?;
+    rec.gauge = Some(metrics::SERVER.handshaking.hold());
     rec.waiting = rec.waiting.map(|(from, _)| (from, Some(Instant::now())));
     c.deadline = Instant::now() + cfg.timeouts.handshake;
 
@@ -393,6 +491,11 @@ async fn handshake(
     // 5. The request.
     let req = c.next(socks5::parse_request, Failure::Request).await?;
     rec.request = Some(Instant::now());
+    if let (Some((sent, Some(frame))), Some(request)) = (rec.waiting, rec.request) {
+        metrics::SERVER
+            .handshake
+            .observe(sent.saturating_duration_since(rec.start) + (request - frame));
+    }
     rec.dest = Some(req.addr.clone());
     if req.cmd != socks5::CMD_CONNECT {
         return Err(Failure::Command(req.cmd));
@@ -411,9 +514,8 @@ struct Grant {
 
 /// Checks the `Authorization` value against the users of `cfg`.
 fn authenticate(value: Option<&str>, cfg: &Server) -> Result<Grant, Failure> {
-    let value = value.ok_or(Failure::Unauthorized("no Authorization header", None))?;
-    let cred = auth::parse_basic(value)
-        .map_err(|_| Failure::Unauthorized("malformed Authorization", None))?;
+    let value = value.ok_or(Failure::Unauthorized(NO_AUTHORIZATION, None))?;
+    let cred = auth::parse_basic(value).map_err(|_| Failure::Unauthorized(MALFORMED, None))?;
     let known = cfg.users.get(&cred.user);
     // An unknown user costs the same hashing as a known one.
     let digest = known
@@ -425,7 +527,7 @@ fn authenticate(value: Option<&str>, cfg: &Server) -> Result<Grant, Failure> {
             user: cred.user,
             digest: d.clone(),
         }),
-        (None, _) => Err(Failure::Unauthorized("unknown user", Some(cred.user))),
+        (None, _) => Err(Failure::Unauthorized(UNKNOWN_USER, Some(cred.user))),
         (Some(_), false) => Err(Failure::Unauthorized(
             "wrong or expired password hash",
             Some(cred.user),
@@ -535,6 +637,7 @@ async fn connect(
     if !cfg.users.grants(&grant.user, &grant.digest) {
         return Err(Failure::Revoked(true));
     }
+    let began = Instant::now();
     let dest = dial(
         addr,
         &cfg.acl,
@@ -543,6 +646,7 @@ async fn connect(
     )
     .await
     .map_err(Failure::Dial)?;
+    metrics::SERVER.connect.observe(began.elapsed());
     let bound = match cfg.reply_address {
         ReplyAddress::Hidden => SocketAddr::new(socks5::UNSPECIFIED.ip(), addr.port()),
         ReplyAddress::Local => dest.local_addr().unwrap_or(socks5::UNSPECIFIED),

@@ -18,9 +18,15 @@ use crate::proto::socks5::Addr;
 /// `limit`. Runs until retired.
 async fn check_health(up: Arc<Upstream>, interval: Duration, limit: Duration) {
     while !up.is_retired() {
-        match upgrade(&up.server, limit).await {
+        let began = std::time::Instant::now();
+        let r = upgrade(&up.server, limit).await;
+        up.stats.health.observe(began.elapsed());
+        match r {
             Ok(_) => up.set_health(true, ""),
-            Err(e) => up.set_health(false, &format!("health check: {e}")),
+            Err(e) => {
+                up.stats.health_failures.inc();
+                up.set_health(false, &format!("health check: {e}"));
+            }
         }
         Timer::after(interval).await;
     }
@@ -73,6 +79,7 @@ impl Group {
             if let Some(p) = up.take_pooled() {
                 match open(p, dest, limit, reply_limit).await {
                     Ok(tunnel) => {
+                        up.stats.tunnels.inc();
                         return Ok(Opened {
                             server: up.server.name.clone(),
                             pooled: true,
@@ -95,6 +102,7 @@ impl Group {
             let fresh = match upgrade(&up.server, limit).await {
                 Ok(u) => u,
                 Err(e) => {
+                    up.stats.failovers.inc();
                     up.set_health(false, &e.to_string());
                     last = e;
                     continue;
@@ -102,6 +110,7 @@ impl Group {
             };
             match open(fresh, dest, limit, reply_limit).await {
                 Ok(tunnel) => {
+                    up.stats.tunnels.inc();
                     up.set_health(true, "");
                     return Ok(Opened {
                         server: up.server.name.clone(),
@@ -115,6 +124,7 @@ impl Group {
                     });
                 }
                 Err(e) => {
+                    up.stats.failovers.inc();
                     up.set_health(false, &e.to_string());
                     last = e;
                 }

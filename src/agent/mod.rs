@@ -16,12 +16,11 @@ use std::time::{Duration, Instant};
 
 use async_net::TcpStream;
 use futures_lite::AsyncWriteExt;
-use subtle::ConstantTimeEq;
 
 use crate::acl::Acl;
-use crate::config::Users;
 use crate::config::agent::{Action, Agent};
 use crate::dial::{self, DialError};
+use crate::metrics;
 use crate::proto::auth;
 use crate::proto::http::{self, HeadError};
 use crate::proto::proxy::{self, Body, Framing, FramingError, ProxyError, ProxyRequest, Scan};
@@ -116,6 +115,16 @@ struct Reached {
 
 /// Routes `dest` and opens the path. `route` is filled for the log line.
 async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, Refusal> {
+    let began = Instant::now();
+    let r = reach_as_routed(st, dest, route).await;
+    if r.is_ok() {
+        metrics::AGENT.connect.observe(began.elapsed());
+    }
+    r
+}
+
+/// [`reach`], untimed.
+async fn reach_as_routed(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, Refusal> {
     // Routing sees IP literals written as names as the IPs they are, and
     // refuses numeric names that getaddrinfo would turn into an address
     // behind the rules' back.
@@ -311,21 +320,6 @@ impl From<Gone> for Reject {
     }
 }
 
-/// Checks a local user's plain password against the stored digest, in
-/// constant time; unknown users cost the same.
-fn local_auth_ok(users: &Users, user: &[u8], pass: &[u8]) -> bool {
-    let digest = auth::stored_digest(pass);
-    let want = std::str::from_utf8(user)
-        .ok()
-        .and_then(|u| users.get(u))
-        .map(|s| s.expose());
-    let ok: bool = digest
-        .as_bytes()
-        .ct_eq(want.unwrap_or("-").as_bytes())
-        .into();
-    ok && want.is_some()
-}
-
 /// Serves one accepted local connection to the end and logs one line; its
 /// relay is cut when `stop` says so.
 pub(crate) async fn serve(
@@ -343,6 +337,7 @@ pub(crate) async fn serve(
             Ok(()) if local.buf.first() == Some(&socks5::VERSION) => Kind::Socks5,
             Ok(()) => Kind::Http,
             Err(e) => {
+                metrics::AGENT.ended.at("rejected").inc();
                 log::debug!("agent peer={peer} via=mixed end=rejected: {}", e.why());
                 return;
             }
@@ -368,6 +363,10 @@ pub(crate) async fn serve(
     let dst = dest
         .map(|d: Addr| d.to_string())
         .unwrap_or_else(|| "-".into());
+    let action = route.split([':', ' ']).next().unwrap_or("-");
+    if let "proxy" | "direct" | "reject" | "local" = action {
+        metrics::AGENT.routes.at(action).inc();
+    }
     match opened {
         Ok(Done::Pac(pac)) => {
             let secs = start.elapsed().as_secs_f64();
@@ -383,6 +382,7 @@ pub(crate) async fn serve(
                 &pac,
             );
             let _ = local.send(&page).await;
+            metrics::AGENT.ended.at("closed").inc();
         }
         Ok(Done::Relay(r, to_remote, framing)) => {
             let limits = relay::Limits {
@@ -394,7 +394,10 @@ pub(crate) async fn serve(
                 // Its clients get the reply before the tunnel exists.
                 hold: Duration::ZERO,
             };
+            let tunnel = metrics::AGENT.tunnels.hold();
             let t = finish(&mut local, r, limits, to_remote, framing, &stop).await;
+            drop(tunnel);
+            metrics::AGENT.ended.at(t.end.label()).inc();
             truncated = t.end.truncated();
             let secs = start.elapsed().as_secs_f64();
             log::info!(
@@ -405,6 +408,7 @@ pub(crate) async fn serve(
             );
         }
         Err(e) => {
+            metrics::AGENT.ended.at("rejected").inc();
             let secs = start.elapsed().as_secs_f64();
             let end = match &e {
                 Reject::Refused(_) => "refused",
@@ -478,12 +482,18 @@ async fn finish(
         };
     }
     drop((early, to_remote));
+    let meter = metrics::Meter {
+        bytes: &metrics::AGENT.bytes,
+        user: None,
+    };
+    meter.add(early_up, early_down);
     let mut t = relay::relay_up_to(
         Stream::Plain(local.stream.clone()),
         remote,
         limits,
         rest,
         stop,
+        &meter,
     )
     .await;
     t.up += early_up;
@@ -533,7 +543,7 @@ async fn socks_session(
         let up = local
             .next(socks5::parse_user_pass, |_| Reject::BadLogin)
             .await?;
-        if !local_auth_ok(users, &up.user, &up.pass) {
+        if !users.accepts(&up.user, &up.pass) {
             return Err(Reject::BadLogin);
         }
         out.clear();
@@ -577,7 +587,7 @@ async fn http_session(
         let ok = head
             .one("Proxy-Authorization")
             .and_then(|v| auth::parse_basic(v).ok())
-            .is_some_and(|c| local_auth_ok(users, c.user.as_bytes(), c.field.as_bytes()));
+            .is_some_and(|c| users.accepts(c.user.as_bytes(), c.field.as_bytes()));
         if !ok {
             return Err(Reject::ProxyAuth);
         }

@@ -14,6 +14,7 @@ use smol::channel::{Receiver, Sender};
 use super::handshake::{Upgraded, upgrade};
 use crate::config::agent::UpstreamServer;
 use crate::deadline::timeout;
+use crate::metrics;
 use crate::proto::ws;
 use crate::tls::Stream;
 
@@ -35,6 +36,8 @@ fn still_open(s: &mut Stream) -> bool {
 /// One server: its pool and health.
 pub(crate) struct Upstream {
     pub server: UpstreamServer,
+    /// Its figures for the metrics, kept across reloads by name.
+    pub stats: Arc<metrics::ServerStats>,
     healthy: AtomicBool,
     /// Set when a reload replaced this server: its tasks end.
     retired: AtomicBool,
@@ -47,6 +50,7 @@ impl Upstream {
     pub(crate) fn new(server: UpstreamServer) -> Upstream {
         let (wake, woken) = smol::channel::bounded(1);
         Upstream {
+            stats: metrics::server_stats(&server.name),
             server,
             healthy: AtomicBool::new(true),
             retired: AtomicBool::new(false),
@@ -54,6 +58,11 @@ impl Upstream {
             wake,
             woken,
         }
+    }
+
+    /// Upgraded connections waiting in the pool now.
+    pub(crate) fn ready(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub(crate) fn is_healthy(&self) -> bool {

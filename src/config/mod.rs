@@ -21,6 +21,7 @@ use serde::de::Deserializer;
 pub(crate) mod agent;
 #[cfg(test)]
 mod error_messages;
+pub(crate) mod metrics;
 mod scalar;
 mod server;
 mod users;
@@ -29,7 +30,7 @@ use scalar::Dur;
 #[cfg(test)]
 pub(crate) use server::DEFAULT_DENY;
 pub(crate) use server::{ReplyAddress, Server};
-pub(crate) use users::{Secret, Users, load_users_file, looks_like_users_file};
+pub(crate) use users::{Secret, load_users_file, looks_like_users_file};
 
 /// Deadlines both sections share.
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,6 +85,8 @@ pub(crate) struct Config {
     pub threads: Threads,
     pub server: Option<Server>,
     pub agent: Option<agent::Agent>,
+    /// The Prometheus endpoint, when configured.
+    pub metrics: Option<metrics::Metrics>,
 }
 
 impl Config {
@@ -180,6 +183,7 @@ struct RawFile {
     threads: Threads,
     server: Option<server::RawServer>,
     agent: Option<agent::RawAgent>,
+    metrics: Option<metrics::RawMetrics>,
 }
 
 fn default_syslog_socket() -> PathBuf {
@@ -260,6 +264,10 @@ fn validate(file: RawFile, src: &Source) -> Result<Config, ConfigError> {
             msg: "nothing to run: add a `server:` or an `agent:` section".into(),
         });
     }
+    let metrics = match file.metrics {
+        None => None,
+        Some(m) => Some(metrics::validate(&m, src)?),
+    };
     Ok(Config {
         path: src.path.to_path_buf(),
         log_level: file.log_level.unwrap_or(LogLevel::Info),
@@ -269,6 +277,7 @@ fn validate(file: RawFile, src: &Source) -> Result<Config, ConfigError> {
         threads: file.threads,
         server,
         agent,
+        metrics,
     })
 }
 
