@@ -76,6 +76,16 @@ impl Live {
             .is_some_and(|m| m.per_user)
     }
 
+    /// Starts each configured user's series at zero (`metrics.per_user`),
+    /// so a rate over them works from the first use.
+    fn register_users(&self) {
+        if let Some(s) = &self.server {
+            for name in s.get().users.names() {
+                let _ = metrics::user(name);
+            }
+        }
+    }
+
     /// What the figures need from the running daemon, now.
     fn view(&self) -> metrics::View {
         metrics::View {
@@ -574,6 +584,7 @@ fn reload(
         cur.set(st);
     }
     reload_metrics(live, new.metrics, bound);
+    live.register_users();
     Ok(changes.join(", "))
 }
 
@@ -697,6 +708,7 @@ fn start(
     });
     metrics::started();
     metrics::set_per_user(live.per_user());
+    live.register_users();
     let slots = [Arc::new(Slots::new()), Arc::new(Slots::new())];
     // Scrapes are not connections the drain waits for.
     let scrapes = Arc::new(Slots::new());

@@ -109,6 +109,11 @@ impl Users {
         self.by_name.get(user)
     }
 
+    /// The names, in no order.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.by_name.len()
     }
