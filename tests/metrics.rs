@@ -72,7 +72,12 @@ fn promtool_accepts(text: &str) -> bool {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -144,23 +149,36 @@ fn server_figures_follow_traffic_and_pass_promtool() {
     one("websocks_server_user_tunnels_total{user=\"alice\"}");
     one("websocks_server_user_auth_failures_total{user=\"alice\"}");
     assert_eq!(
-        moved(&before, &after, "websocks_server_connections_ended_total{end=\"rejected\"}"),
+        moved(
+            &before,
+            &after,
+            "websocks_server_connections_ended_total{end=\"rejected\"}"
+        ),
         2.0
     );
     assert_eq!(
-        moved(&before, &after, "websocks_server_connections_accepted_total"),
+        moved(
+            &before,
+            &after,
+            "websocks_server_connections_accepted_total"
+        ),
         3.0
     );
     assert_eq!(
-        moved(&before, &after, "websocks_server_handshake_duration_seconds_count"),
+        moved(
+            &before,
+            &after,
+            "websocks_server_handshake_duration_seconds_count"
+        ),
         2.0,
         "the tunnel and the refused request got as far as their request"
     );
     for dir in ["up", "down"] {
         let series = format!("websocks_server_tunnel_bytes_total{{direction=\"{dir}\"}}");
         assert_eq!(moved(&before, &after, &series), 11.0, "{series}");
-        let series =
-            format!("websocks_server_user_tunnel_bytes_total{{user=\"alice\",direction=\"{dir}\"}}");
+        let series = format!(
+            "websocks_server_user_tunnel_bytes_total{{user=\"alice\",direction=\"{dir}\"}}"
+        );
         assert_eq!(moved(&before, &after, &series), 11.0, "{series}");
     }
     assert_eq!(value(&after, "websocks_server_tunnels"), 0.0);
@@ -183,7 +201,11 @@ fn server_figures_follow_traffic_and_pass_promtool() {
     d.wait_log(&["reload failed"]);
     let failed = scrape(m);
     assert_eq!(
-        moved(&reloaded, &failed, "websocks_reloads_total{result=\"failed\"}"),
+        moved(
+            &reloaded,
+            &failed,
+            "websocks_reloads_total{result=\"failed\"}"
+        ),
         1.0
     );
     assert_eq!(
@@ -206,7 +228,10 @@ fn per_user_series_only_when_asked_and_only_for_configured_users() {
     let text = scrape(d.addrs[1]);
     assert!(!text.contains("websocks_server_user_"), "{text}");
     assert_eq!(
-        value(&text, "websocks_server_auth_failures_total{reason=\"unknown_user\"}"),
+        value(
+            &text,
+            "websocks_server_auth_failures_total{reason=\"unknown_user\"}"
+        ),
         1.0
     );
 
@@ -224,9 +249,7 @@ fn per_user_series_only_when_asked_and_only_for_configured_users() {
 /// figures need one of them.
 #[test]
 fn only_get_metrics_and_users_when_configured() {
-    let mut d = server_with_metrics(
-        "  users:\n    - {name: prom, password: scrape-secret}\n",
-    );
+    let mut d = server_with_metrics("  users:\n    - {name: prom, password: scrape-secret}\n");
     let m = d.addrs[1];
     for req in [
         "GET / HTTP/1.1\r\n\r\n",
@@ -264,7 +287,11 @@ fn remote_metrics_listener_needs_consent() {
     let dir = temp_dir();
     let cfg = dir.join("websocks.yaml");
     let base = server_yaml(ALLOW_LOOPBACK);
-    std::fs::write(&cfg, format!("{base}metrics:\n  listen: [\"0.0.0.0:9100\"]\n")).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{base}metrics:\n  listen: [\"0.0.0.0:9100\"]\n"),
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_websocks"))
         .args(["check", "-c"])
         .arg(&cfg)
@@ -321,7 +348,10 @@ fn agent_figures_follow_traffic_and_pass_promtool() {
         value(&scrape(m), "websocks_agent_pool_ready{server=\"s\"}") == 2.0
     });
     let before = scrape(m);
-    assert_eq!(value(&before, "websocks_agent_server_up{server=\"s\"}"), 1.0);
+    assert_eq!(
+        value(&before, "websocks_agent_server_up{server=\"s\"}"),
+        1.0
+    );
     assert!(
         value(
             &before,
@@ -370,7 +400,10 @@ fn agent_figures_follow_traffic_and_pass_promtool() {
         let series = format!("websocks_agent_tunnel_bytes_total{{direction=\"{dir}\"}}");
         assert_eq!(moved(&before, &after, &series), 4.0, "{series}");
     }
-    assert_eq!(value(&after, "websocks_agent_failovers_total{server=\"s\"}"), 0.0);
+    assert_eq!(
+        value(&after, "websocks_agent_failovers_total{server=\"s\"}"),
+        0.0
+    );
     // The server goes away: it is marked down, and its failures counted.
     drop(server);
     let mut s = dial(proxy);
@@ -381,6 +414,51 @@ fn agent_figures_follow_traffic_and_pass_promtool() {
         value(&scrape(m), "websocks_agent_server_up{server=\"s\"}") == 0.0
     });
     let down = scrape(m);
-    assert!(value(&down, "websocks_agent_failovers_total{server=\"s\"}") >= 1.0, "{down}");
+    assert!(
+        value(&down, "websocks_agent_failovers_total{server=\"s\"}") >= 1.0,
+        "{down}"
+    );
     promtool_accepts(&down);
+}
+
+/// `contrib/prometheus`: the scrape configuration and the alert rules are
+/// valid, the rules' own unit tests pass, and every websocks series they
+/// name is one a server serves.
+#[test]
+fn contrib_prometheus_config_and_alerts_check() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/prometheus");
+    let rules = std::fs::read_to_string(dir.join("websocks-alerts.yml")).unwrap();
+    let d = server_with_metrics("");
+    let text = scrape(d.addrs[1]);
+    let named: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("websocks_"))
+        .collect();
+    assert!(!named.is_empty());
+    for name in named {
+        assert!(
+            text.contains(&format!("\n# TYPE {name} ")),
+            "{name} is not served"
+        );
+    }
+    let Some(promtool) = need_tool("promtool", "prometheus") else {
+        return;
+    };
+    for args in [
+        &["check", "config", "prometheus.yml"][..],
+        &["check", "rules", "websocks-alerts.yml"],
+        &["test", "rules", "websocks-alerts.test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -369,6 +369,36 @@ fn socket_activation_matching_listen_logs_no_notice() {
     assert!(!log.contains("systemd passed sockets"), "{log}");
 }
 
+/// The metrics endpoint takes the socket named `metrics`; a scrape can be
+/// the connection that starts the daemon.
+#[test]
+fn socket_activation_metrics_by_name() {
+    if !have_socket_activate() {
+        return;
+    }
+    let yaml = format!(
+        "server:\n  listen: [\"{{0}}\"]\n  users:\n    - {{name: {USER}, password: {PASS}}}\n\
+         metrics:\n  listen: [\"127.0.0.1:12\"]\n"
+    );
+    let (mut p, a) = activate(&["websocks", "metrics"], false, &[], &["server"], &yaml);
+    let mut s = connect(a[1]);
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains("\nwebsocks_server_users 1\n"), "{answer}");
+    p.wait_log(&[&format!(
+        "metrics listening on {} (socket from systemd)",
+        a[1]
+    )]);
+    p.wait_log(&[&format!(
+        "systemd passed sockets on {} while metrics.listen says 127.0.0.1:12",
+        a[1]
+    )]);
+    signal(p.child.id(), "TERM");
+    let (code, log) = p.exit_code(Duration::from_secs(10));
+    assert_eq!(code, 0, "{log}");
+}
+
 /// A passed socket whose name no section uses is a configuration error
 /// (78) that names it, for `server` and for `agent` (which leaves the
 /// server's `websocks` socket unused).

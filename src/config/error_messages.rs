@@ -489,6 +489,37 @@ const FILE_CASES: &[(&str, Option<&str>, &str)] = &[
         None,
         "DIR/websocks.yaml:1: log_target: invalid type: sequence, expected a YAML tag starting with '!'",
     ),
+    // The metrics section.
+    (
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  users: [{name: u, password: p}]\nmetrics:\n  listen: []\n",
+        None,
+        "DIR/websocks.yaml:5: metrics.listen: at least one address is required (leave out `metrics:` to turn the endpoint off)",
+    ),
+    (
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  users: [{name: u, password: p}]\nmetrics:\n  listen: [\"127.0.0.1:9100\", \"127.0.0.1:9100\"]\n",
+        None,
+        "DIR/websocks.yaml:5: metrics.listen: 127.0.0.1:9100 is listed twice",
+    ),
+    (
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  users: [{name: u, password: p}]\nmetrics:\n  listen: [\"[::]:9100\"]\n",
+        None,
+        "DIR/websocks.yaml:5: metrics.listen: [::]:9100 is reachable beyond loopback: add `metrics.users` so scrapes must authenticate, or `metrics.allow_remote: true`",
+    ),
+    (
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  users: [{name: u, password: p}]\nmetrics:\n  listen: [\"127.0.0.1:9100\"]\n  users: [{name: a, password: b}, {name: a, password: c}]\n",
+        None,
+        "DIR/websocks.yaml:6: metrics.users[1]: user `a` is defined twice",
+    ),
+    (
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  users: [{name: u, password: p}]\nmetrics:\n  listen: [\"127.0.0.1:9100\"]\n  per_users: true\n",
+        None,
+        "DIR/websocks.yaml:6: metrics: unknown field `per_users`, expected one of `listen`, `allow_remote`, `per_user`, `users`",
+    ),
+    (
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  users: [{name: u, password: p}]\nmetrics: 5\n",
+        None,
+        "DIR/websocks.yaml:4: metrics: invalid type: integer `5`, expected struct MetricsConfig",
+    ),
     // The top level.
     (
         "log_level: info\n",
