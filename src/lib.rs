@@ -8,12 +8,14 @@
 //! cli   fuzz                   the command line, exit codes (main calls
 //!                              it); the hidden door for `fuzz/`
 //! daemon                       listeners, signals, reload, drain
-//! server      agent            one connection each; siblings: neither
-//!                              imports the other
-//! admission   relay   dial     below both: admission, the relay,
+//! server   agent   exporter    one connection each; siblings: none
+//!                              imports another (exporter: the metrics
+//!                              endpoint's one request)
+//! admission   relay   dial     below them: admission, the relay,
 //! wire   log   systemd         connecting, buffered reads and the graceful
-//! shutdown                     close; logging, sd_notify; the stop handle
-//!                              every serve loop and relay is given
+//! shutdown   metrics           close; logging, sd_notify; the stop handle
+//!                              every serve loop and relay is given; the
+//!                              counters and their exposition
 //! config                       the configuration: a private serde schema
 //!                              checked into the types above use
 //! acl   tls   deadline         destination policy, TLS, the timeout helper
