@@ -474,7 +474,10 @@ async fn handshake(
         return Err(Failure::Upgrade(UpgradeError::Protocol));
     }
     let mut out = Vec::with_capacity(256);
-    ws::write_switching(&mut out, &up.key);
+    // Ours only to a client of our dialect: the reference agent gets the
+    // reference server's head, byte for byte.
+    let options: &[&str] = if up.options { &[ws::PIPELINING] } else { &[] };
+    ws::write_switching(&mut out, &up.key, options);
     c.send(&out).await?;
     rec.waiting = Some((Instant::now(), None));
 

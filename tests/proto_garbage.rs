@@ -491,7 +491,7 @@ fn valid_messages() -> Vec<Valid<'static>> {
     long_user_pass.push(0xff);
     long_user_pass.extend_from_slice(&[b'p'; 255]);
     let mut ours = Vec::new();
-    ws::write_switching(&mut ours, "dGhlIHNhbXBsZSBub25jZQ==");
+    ws::write_switching(&mut ours, "dGhlIHNhbXBsZSBub25jZQ==", &[]);
     vec![
         Valid {
             name: "http::parse_request",

@@ -18,7 +18,8 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(up) = ws::check_upgrade(&head) {
             assert_eq!(STANDARD.decode(&up.key).map(|k| k.len()), Ok(16));
             let mut out = Vec::new();
-            ws::write_switching(&mut out, &up.key);
+            let options: &[&str] = if up.options { &[ws::PIPELINING] } else { &[] };
+            ws::write_switching(&mut out, &up.key, options);
             let Ok(Parse::Done(r, used)) = common::prefixes(&out, http::parse_response) else {
                 panic!("our own 101 does not parse");
             };
@@ -28,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
                 r.one("Sec-WebSocket-Accept"),
                 Some(ws::accept(&up.key).as_str())
             );
+            assert_eq!(r.has_token(ws::OPTIONS, ws::PIPELINING), up.options);
         }
     }
 

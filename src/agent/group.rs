@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_io::Timer;
 
-use super::handshake::{Tunnel, UpError, open, upgrade};
+use super::handshake::{Tunnel, UpError, open};
 use super::pool::Upstream;
 use crate::config::agent::Agent;
 use crate::proto::socks5::Addr;
@@ -19,10 +19,11 @@ use crate::proto::socks5::Addr;
 async fn check_health(up: Arc<Upstream>, interval: Duration, limit: Duration) {
     while !up.is_retired() {
         let began = std::time::Instant::now();
-        let r = upgrade(&up.server, limit).await;
+        // The upgraded connection is closed at once: `map` drops it.
+        let r = up.upgrade(limit).await.map(drop);
         up.stats.health.observe(began.elapsed());
         match r {
-            Ok(_) => up.set_health(true, ""),
+            Ok(()) => up.set_health(true, ""),
             Err(e) => {
                 up.stats.health_failures.inc();
                 up.set_health(false, &format!("health check: {e}"));
@@ -99,16 +100,7 @@ impl Group {
                     ),
                 }
             }
-            let fresh = match upgrade(&up.server, limit).await {
-                Ok(u) => u,
-                Err(e) => {
-                    up.stats.failovers.inc();
-                    up.set_health(false, &e.to_string());
-                    last = e;
-                    continue;
-                }
-            };
-            match open(fresh, dest, limit, reply_limit).await {
+            match up.open_fresh(dest, limit, reply_limit).await {
                 Ok(tunnel) => {
                     up.stats.tunnels.inc();
                     up.set_health(true, "");

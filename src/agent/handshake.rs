@@ -80,12 +80,24 @@ async fn read<T, E: std::fmt::Debug>(
     })
 }
 
+/// An upgraded connection, and whether its server said it keeps bytes
+/// pipelined behind the upgrade request (`WebSocks-Options: pipelining`).
+pub(crate) struct Upgrade {
+    pub conn: Upgraded,
+    pub pipelining: bool,
+}
+
 /// Connects to `server` and performs the upgrade within `limit`: random
 /// key, the spec's request, and a strict check of the answer (101,
 /// `Upgrade: websocket`, `Connection: upgrade`, the accept value, exactly
-/// one `socks5`). Sends nothing more: the reference server drops bytes
-/// pipelined behind the request, so the frame waits for the 101.
-pub(crate) async fn upgrade(server: &UpstreamServer, limit: Duration) -> Result<Upgraded, UpError> {
+/// one `socks5`). `pipelined` goes in the same write as the request: only
+/// for a server known to keep such bytes (the reference server drops
+/// them); empty, the frame waits for the 101.
+pub(crate) async fn upgrade(
+    server: &UpstreamServer,
+    limit: Duration,
+    pipelined: &[u8],
+) -> Result<Upgrade, UpError> {
     let deadline = Instant::now() + limit;
     let url = &server.url;
     // The same connect as everywhere: every resolved address in turn,
@@ -128,6 +140,7 @@ pub(crate) async fn upgrade(server: &UpstreamServer, limit: Duration) -> Result<
         &authz,
         &[ws::DATA_WITH_REPLY],
     );
+    req.extend_from_slice(pipelined);
     c.send(&req).await.map_err(|g| match g {
         Gone::TimedOut => UpError::Timeout,
         Gone::Failed(kind) => UpError::Connect(kind.into()),
@@ -155,7 +168,18 @@ pub(crate) async fn upgrade(server: &UpstreamServer, limit: Duration) -> Result<
             "Sec-WebSocket-Protocol is {protocols:?}, not [\"socks5\"]"
         )));
     }
-    Ok(c)
+    Ok(Upgrade {
+        pipelining: head.has_token(ws::OPTIONS, ws::PIPELINING),
+        conn: c,
+    })
+}
+
+/// Frame, greeting and CONNECT for `dest`, as one write.
+pub(crate) fn request(dest: &Addr) -> Vec<u8> {
+    let mut out = ws::FRAME.to_vec();
+    socks5::write_greeting(&mut out, &[socks5::METHOD_NO_AUTH]);
+    socks5::write_connect(&mut out, dest);
+    out
 }
 
 /// A tunnel the server answered: its reply, and the stream when it
@@ -178,14 +202,23 @@ pub(crate) async fn open(
     reply_limit: Duration,
 ) -> Result<Tunnel, UpError> {
     c.deadline = Instant::now() + limit;
-    let mut out = ws::FRAME.to_vec();
-    socks5::write_greeting(&mut out, &[socks5::METHOD_NO_AUTH]);
-    socks5::write_connect(&mut out, dest);
-    c.send(&out).await.map_err(|g| match g {
+    c.send(&request(dest)).await.map_err(|g| match g {
         Gone::TimedOut => UpError::Timeout,
         Gone::Failed(kind) => UpError::Protocol(format!("writing request: {kind}")),
         g => UpError::Protocol(format!("writing request: {}", g.why())),
     })?;
+    answers(c, limit, reply_limit).await
+}
+
+/// Reads the server's frame and method choice within `limit`, then its
+/// reply within `reply_limit` (see [`open`]); the request went out
+/// already (with the upgrade, when pipelined).
+pub(crate) async fn answers(
+    mut c: Upgraded,
+    limit: Duration,
+    reply_limit: Duration,
+) -> Result<Tunnel, UpError> {
+    c.deadline = Instant::now() + limit;
     read(&mut c, ws::check_frame, "frame").await?;
     let method = read(&mut c, socks5::parse_choice, "method choice").await?;
     if method != socks5::METHOD_NO_AUTH {

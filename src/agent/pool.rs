@@ -11,10 +11,11 @@ use async_io::Timer;
 use futures_lite::{AsyncReadExt, future};
 use smol::channel::{Receiver, Sender};
 
-use super::handshake::{Upgraded, upgrade};
+use super::handshake::{self, Tunnel, UpError, Upgraded, answers, open, request};
 use crate::config::agent::UpstreamServer;
 use crate::deadline::timeout;
 use crate::metrics;
+use crate::proto::socks5::Addr;
 use crate::proto::ws;
 use crate::tls::Stream;
 
@@ -39,6 +40,10 @@ pub(crate) struct Upstream {
     /// Its figures for the metrics, kept across reloads by name.
     pub stats: Arc<metrics::ServerStats>,
     healthy: AtomicBool,
+    /// Its last 101 said it keeps bytes pipelined behind the upgrade
+    /// request (`WebSocks-Options: pipelining`): a fresh tunnel then sends
+    /// upgrade, frame, greeting and CONNECT in one write.
+    pipelining: AtomicBool,
     /// Set when a reload replaced this server: its tasks end.
     retired: AtomicBool,
     pool: Mutex<VecDeque<Pooled>>,
@@ -53,11 +58,48 @@ impl Upstream {
             stats: metrics::server_stats(&server.name),
             server,
             healthy: AtomicBool::new(true),
+            pipelining: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             pool: Mutex::new(VecDeque::new()),
             wake,
             woken,
         }
+    }
+
+    /// Upgrades a fresh connection within `limit`, and learns from the 101
+    /// whether this server keeps pipelined bytes.
+    pub(crate) async fn upgrade(&self, limit: Duration) -> Result<Upgraded, UpError> {
+        let u = handshake::upgrade(&self.server, limit, &[]).await?;
+        self.pipelining.store(u.pipelining, Ordering::Relaxed);
+        Ok(u.conn)
+    }
+
+    /// Opens a tunnel to `dest` on a fresh connection (see
+    /// [`handshake::open`] for the limits). To a server known to keep
+    /// pipelined bytes the request goes with the upgrade, one round trip
+    /// less; to any other, after the 101.
+    pub(crate) async fn open_fresh(
+        &self,
+        dest: &Addr,
+        limit: Duration,
+        reply_limit: Duration,
+    ) -> Result<Tunnel, UpError> {
+        if self.pipelining.load(Ordering::Relaxed) {
+            let u = handshake::upgrade(&self.server, limit, &request(dest)).await?;
+            if u.pipelining {
+                return answers(u.conn, limit, reply_limit).await;
+            }
+            // It no longer says so (another server behind the same URL):
+            // whether it kept this request is unknown, so this connection
+            // is dropped and the request goes again the careful way.
+            self.pipelining.store(false, Ordering::Relaxed);
+            log::info!(
+                "server {} no longer announces pipelining: requests wait for the 101 again",
+                self.server.name
+            );
+        }
+        let conn = self.upgrade(limit).await?;
+        open(conn, dest, limit, reply_limit).await
     }
 
     /// Upgraded connections waiting in the pool now.
@@ -131,7 +173,7 @@ impl Upstream {
             }
             let mut failed = false;
             while self.pooled() < size && !self.is_retired() {
-                match upgrade(&self.server, limit).await {
+                match self.upgrade(limit).await {
                     Ok(up) => {
                         self.set_health(true, "");
                         backoff = Duration::from_millis(250);

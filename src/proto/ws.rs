@@ -38,6 +38,11 @@ pub const OPTIONS: &str = "WebSocks-Options";
 /// in the same read as the SOCKS5 reply (the reference agent does not), so
 /// the server need not hold a banner back for it.
 pub const DATA_WITH_REPLY: &str = "data-with-reply";
+/// A server's token in [`OPTIONS`] on its 101: it keeps whatever the
+/// client pipelines behind the upgrade request (frame, greeting, CONNECT),
+/// so a client that knows it may send them all in one write (the
+/// reference server drops such bytes).
+pub const PIPELINING: &str = "pipelining";
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
 pub fn accept(key: &str) -> String {
@@ -82,6 +87,9 @@ pub struct Upgrade {
     pub socks5_offered: bool,
     /// The client offered [`DATA_WITH_REPLY`] in [`OPTIONS`].
     pub data_with_reply: bool,
+    /// The client sent [`OPTIONS`] at all: it speaks our dialect, and
+    /// the 101 may carry ours.
+    pub options: bool,
 }
 
 /// Checks a request head against RFC 6455 section 4.2.1, tolerating what the
@@ -123,24 +131,26 @@ pub fn check_upgrade(head: &Head) -> Result<Upgrade, UpgradeError> {
         authorization: head.one("Authorization").map(str::to_string),
         socks5_offered,
         data_with_reply: head.has_token(OPTIONS, DATA_WITH_REPLY),
+        options: head.count(OPTIONS) > 0,
     })
 }
 
-/// Appends the server's 101 answer (spec "Server Upgrade").
-pub fn write_switching(out: &mut Vec<u8>, key: &str) {
+/// Appends the server's 101 answer (spec "Server Upgrade"), with our
+/// [`OPTIONS`] header when `options` is not empty (for a client that sent
+/// one: others get the reference server's head exactly).
+pub fn write_switching(out: &mut Vec<u8>, key: &str, options: &[&str]) {
     let acc = accept(key);
-    super::http::write_response(
-        out,
-        101,
-        "Switching Protocols",
-        &[
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", &acc),
-            ("Sec-WebSocket-Protocol", PROTOCOL),
-        ],
-        "",
-    );
+    let joined = options.join(", ");
+    let mut headers = vec![
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", acc.as_str()),
+        ("Sec-WebSocket-Protocol", PROTOCOL),
+    ];
+    if !options.is_empty() {
+        headers.push((OPTIONS, &joined));
+    }
+    super::http::write_response(out, 101, "Switching Protocols", &headers, "");
 }
 
 /// Why the client's bytes after the 101 are not PONGs and a frame.
