@@ -100,6 +100,7 @@ fn server_with_metrics(extra: &str) -> Daemon {
 }
 
 #[test]
+#[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn server_figures_follow_traffic_and_pass_promtool() {
     let d = server_with_metrics("  per_user: true\n");
     let m = d.addrs[1];
