@@ -116,19 +116,11 @@ struct Reached {
 
 /// Routes `dest` and opens the path. `route` is filled for the log line.
 async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, Refusal> {
-    // Routing sees IP literals written as names as the IPs they are, and
-    // refuses numeric names that getaddrinfo would turn into an address
-    // behind the rules' back.
-    let dest = &match dial::classify(dest) {
-        dial::Name::Ip(sa) => Addr::Ip(sa),
-        dial::Name::Host => dest.clone(),
-        dial::Name::Numeric => {
-            *route = "refused".into();
-            return Err(Refusal::BadName);
-        }
+    let Some((dest, action, group, _)) = route::choose(&st.cfg, dest) else {
+        *route = "refused".into();
+        return Err(Refusal::BadName);
     };
-    let (action, group, _) =
-        route::decide(&st.cfg.routes, st.cfg.default, &st.cfg.default_group, dest);
+    let dest = &dest;
     let timeout = st.cfg.timeouts.connect;
     match action {
         Action::Reject => {
