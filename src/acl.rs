@@ -27,6 +27,17 @@ impl Rule {
         };
         net_ok && port_ok
     }
+
+    /// The network (address, prefix length), `None` for `*`; an
+    /// IPv4-mapped network is the IPv4 network it maps.
+    pub(crate) fn net(&self) -> Option<(IpAddr, u8)> {
+        self.net
+    }
+
+    /// The inclusive port range, `None` for any port.
+    pub(crate) fn ports(&self) -> Option<(u16, u16)> {
+        self.ports
+    }
 }
 
 /// Parses `IP`, `IP/len`, `IP/len:ports`, `[v6/len]:ports`, `*:ports`, where

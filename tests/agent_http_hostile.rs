@@ -42,8 +42,14 @@ fn body_of(answer: &str) -> &str {
     answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
 
+/// The PAC file of an agent that routes nothing direct: everything to
+/// `proxy` (tests/agent_pac.rs has the rules' file).
 fn pac_for(proxy: &str) -> String {
-    format!("function FindProxyForURL(url, host) {{\n  return \"PROXY {proxy}\";\n}}\n")
+    format!(
+        "// websocks agent: nothing is routed direct, so every request goes to this\n\
+         // agent, which applies its rules (a reject is answered 403 with the reason).\n\
+         function FindProxyForURL(url, host) {{\n  return \"PROXY {proxy}\";\n}}\n"
+    )
 }
 
 /// Runs `FindProxyForURL("http://a/", "a")` from `pac` in node; `None`

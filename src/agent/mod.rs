@@ -2,10 +2,12 @@
 //! (proxy through a server group, direct, or reject), answered with the
 //! real result, then relayed. The WebSocks side: `handshake` (the client
 //! side of the server's handshake), `pool` (a server and its upgraded
-//! connections), `group` (health, round-robin, failover).
+//! connections), `group` (health, round-robin, failover); `route` decides
+//! and `pac` writes the same decisions as a browser's PAC file.
 
 pub(crate) mod group;
 pub(crate) mod handshake;
+mod pac;
 pub(crate) mod pool;
 pub(crate) mod route;
 
@@ -125,19 +127,11 @@ async fn reach(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, R
 
 /// [`reach`], untimed.
 async fn reach_as_routed(st: &State, dest: &Addr, route: &mut String) -> Result<Reached, Refusal> {
-    // Routing sees IP literals written as names as the IPs they are, and
-    // refuses numeric names that getaddrinfo would turn into an address
-    // behind the rules' back.
-    let dest = &match dial::classify(dest) {
-        dial::Name::Ip(sa) => Addr::Ip(sa),
-        dial::Name::Host => dest.clone(),
-        dial::Name::Numeric => {
-            *route = "refused".into();
-            return Err(Refusal::BadName);
-        }
+    let Some((dest, action, group, _)) = route::choose(&st.cfg, dest) else {
+        *route = "refused".into();
+        return Err(Refusal::BadName);
     };
-    let (action, group, _) =
-        route::decide(&st.cfg.routes, st.cfg.default, &st.cfg.default_group, dest);
+    let dest = &dest;
     let timeout = st.cfg.timeouts.connect;
     match action {
         Action::Reject => {
@@ -568,13 +562,6 @@ async fn socks_session(
     Ok(Done::Relay(r, Vec::new(), None))
 }
 
-/// The PAC file: every request through this HTTP proxy, as the browser
-/// reached it. `proxy` is written into JavaScript as is: it must be a
-/// [`proxy::plain_authority`] or a socket address.
-fn pac(proxy: &str) -> String {
-    format!("function FindProxyForURL(url, host) {{\n  return \"PROXY {proxy}\";\n}}\n")
-}
-
 /// HTTP proxy: CONNECT tunnels, absolute-form forwarding, `/proxy.pac`.
 async fn http_session(
     local: &mut Local,
@@ -596,16 +583,17 @@ async fn http_session(
         ProxyRequest::Local { path } => {
             *route = "local".into();
             if path == "/proxy.pac" && head.first == "GET" {
-                // The Host header is the client's text and becomes code:
-                // only a plain host:port is used, else the address the
-                // client actually connected to.
+                // The Host header is the client's text and becomes the
+                // proxy the PAC names (quoted there as well): only a plain
+                // host:port is used, else the address the client actually
+                // connected to.
                 let me = head
                     .one("Host")
                     .and_then(proxy::plain_authority)
                     .map(str::to_string)
                     .or_else(|| local.stream.local_addr().ok().map(|a| a.to_string()))
                     .unwrap_or_default();
-                return Ok(Done::Pac(pac(&me)));
+                return Ok(Done::Pac(pac::file(&st.cfg, &me)));
             }
             return Err(Reject::NotFound);
         }

@@ -2,7 +2,8 @@
 //! the default. Names are matched as the client gave them and never
 //! resolved here, so a proxied name's lookup happens at the server.
 
-use crate::config::agent::{Action, Route};
+use crate::config::agent::{Action, Agent, Route};
+use crate::dial;
 use crate::proto::socks5::Addr;
 
 /// The host part as text: the name lower-cased without a trailing dot, or
@@ -51,6 +52,24 @@ pub(crate) fn decide<'a>(
         }
     }
     (default, default_group, None)
+}
+
+/// What the agent does with `dest` as a client gave it: the destination as
+/// routed (an IP literal written as a name is the IP it is), the action,
+/// the group for `proxy` and the deciding rule. `None`: a numeric name that
+/// is not an IP literal, which getaddrinfo would turn into an address
+/// behind the rules' back, so it is refused.
+pub(crate) fn choose<'a>(
+    cfg: &'a Agent,
+    dest: &Addr,
+) -> Option<(Addr, Action, &'a str, Option<usize>)> {
+    let dest = match dial::classify(dest) {
+        dial::Name::Ip(sa) => Addr::Ip(sa),
+        dial::Name::Host => dest.clone(),
+        dial::Name::Numeric => return None,
+    };
+    let (action, group, rule) = decide(&cfg.routes, cfg.default, &cfg.default_group, &dest);
+    Some((dest, action, group, rule))
 }
 
 #[cfg(test)]
