@@ -110,6 +110,67 @@ fn concurrent_clients_share_the_pool() {
     }
 }
 
+/// The pool grows with demand: after a burst of 12 at once, it holds 12
+/// (up to `pool.max`), refilled in parallel; a burst of that size then
+/// finds them all ready.
+#[test]
+fn the_pool_grows_with_a_burst() {
+    let server = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
+    let d = Daemon::start(
+        &["agent"],
+        &format!(
+            "log_level: debug\nagent:\n  socks5: {{listen: [\"127.0.0.1:0\"]}}\n  servers:\n{}  \
+             pool: {{size: 2, max: 12}}\nmetrics:\n  listen: [\"127.0.0.1:0\"]\n",
+            server_entry("s", server.addr(), PASS)
+        ),
+        2,
+    );
+    let (proxy, metrics) = (d.addrs[0], d.addrs[1]);
+    let ready = || -> usize {
+        let mut s = dial(metrics);
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let text = String::from_utf8(read_to_end(&mut s)).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("websocks_agent_pool_ready{server=\"s\"} "))
+            .unwrap_or_else(|| panic!("{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    wait_until(Duration::from_secs(5), "the first 2", || ready() == 2);
+    let echo = echo_server();
+    let burst = |n: usize| {
+        let workers: Vec<_> = (0..n)
+            .map(|i| {
+                thread::spawn(move || {
+                    let (rep, mut s) = socks_open(proxy, &Addr::Ip(echo), b"");
+                    assert_eq!(rep, 0);
+                    let text = format!("client {i}");
+                    s.write_all(text.as_bytes()).unwrap();
+                    assert_eq!(read_exact_after(&mut s, Vec::new(), text.len()), text.as_bytes());
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+    };
+    burst(12);
+    wait_until(Duration::from_secs(5), "a pool of 12", || ready() == 12);
+    // Never beyond max, however big the burst.
+    burst(20);
+    wait_until(Duration::from_secs(5), "a pool of 12 again", || ready() == 12);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(ready(), 12);
+    let pooled = d
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("server=s(pooled)"))
+        .count();
+    assert!(pooled >= 12 + 2, "{pooled} pooled tunnels");
+}
+
 /// Over `max_connections`, new local connections are closed at once; the
 /// agent serves again when one ends.
 #[test]

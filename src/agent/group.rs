@@ -168,6 +168,7 @@ pub(crate) fn start(cfg: &Agent, ex: &smol::Executor<'static>) -> Upstreams {
         if cfg.pool.size > 0 {
             ex.spawn(up.clone().maintain_pool(
                 cfg.pool.size,
+                cfg.pool.max,
                 cfg.pool.keepalive,
                 cfg.timeouts.connect,
             ))

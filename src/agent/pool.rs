@@ -34,6 +34,46 @@ fn still_open(s: &mut Stream) -> bool {
     future::block_on(future::poll_once(s.read(&mut b))).is_none()
 }
 
+/// Recent takes from the pool (hits and misses), for its size: the pool
+/// grows to the most takes seen within one second over the last minute.
+struct Demand {
+    takes: VecDeque<Instant>,
+}
+
+/// How far back demand is remembered.
+const DEMAND_WINDOW: Duration = Duration::from_secs(60);
+/// Takes remembered at most (a flood of takes costs bounded memory).
+const DEMAND_KEPT: usize = 4096;
+
+impl Demand {
+    fn note(&mut self, now: Instant) {
+        if self.takes.len() == DEMAND_KEPT {
+            self.takes.pop_front();
+        }
+        self.takes.push_back(now);
+    }
+
+    /// The most takes within one second, over the window before `now`.
+    fn peak(&mut self, now: Instant) -> usize {
+        while self
+            .takes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > DEMAND_WINDOW)
+        {
+            self.takes.pop_front();
+        }
+        let mut best = 0;
+        let mut from = 0;
+        for (i, t) in self.takes.iter().enumerate() {
+            while t.duration_since(self.takes[from]) >= Duration::from_secs(1) {
+                from += 1;
+            }
+            best = best.max(i + 1 - from);
+        }
+        best
+    }
+}
+
 /// One server: its pool and health.
 pub(crate) struct Upstream {
     pub server: UpstreamServer,
@@ -47,6 +87,7 @@ pub(crate) struct Upstream {
     /// Set when a reload replaced this server: its tasks end.
     retired: AtomicBool,
     pool: Mutex<VecDeque<Pooled>>,
+    demand: Mutex<Demand>,
     wake: Sender<()>,
     woken: Receiver<()>,
 }
@@ -61,6 +102,9 @@ impl Upstream {
             pipelining: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             pool: Mutex::new(VecDeque::new()),
+            demand: Mutex::new(Demand {
+                takes: VecDeque::new(),
+            }),
             wake,
             woken,
         }
@@ -135,6 +179,10 @@ impl Upstream {
 
     /// A live pooled connection, if any; wakes the refiller.
     pub(crate) fn take_pooled(&self) -> Option<Upgraded> {
+        self.demand
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(Instant::now());
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let mut found = None;
         while let Some(mut p) = pool.pop_front() {
@@ -152,11 +200,74 @@ impl Upstream {
         self.pool.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Keeps the pool at `size`, sends PONGs every `keepalive`, drops dead
-    /// entries; upgrades and PONGs each get `limit`. Runs until retired.
+    /// How many connections the pool should hold now: the busiest
+    /// second's takes over the last minute, from `size` to `max`.
+    fn target(&self, size: usize, max: usize) -> usize {
+        let peak = self
+            .demand
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .peak(Instant::now());
+        peak.clamp(size, max)
+    }
+
+    /// Closes the oldest pooled connections beyond `target`.
+    fn trim(&self, target: usize) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        while pool.len() > target {
+            pool.pop_front();
+        }
+    }
+
+    /// Upgrades `n` connections at once, each into the pool as soon as it
+    /// is ready (a take need not wait for the rest); false when one failed.
+    async fn refill(&self, n: usize, limit: Duration) -> bool {
+        let mut pending: Vec<_> = (0..n).map(|_| Some(Box::pin(self.upgrade(limit)))).collect();
+        let mut ok = true;
+        future::poll_fn(|cx| {
+            for slot in &mut pending {
+                if let Some(f) = slot
+                    && let std::task::Poll::Ready(r) = f.as_mut().poll(cx)
+                {
+                    *slot = None;
+                    match r {
+                        Ok(up) => {
+                            self.set_health(true, "");
+                            self.pool
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push_back(Pooled {
+                                    up,
+                                    last_pong: Instant::now(),
+                                });
+                        }
+                        Err(e) => {
+                            if ok {
+                                self.set_health(false, &e.to_string());
+                            }
+                            ok = false;
+                        }
+                    }
+                }
+            }
+            if pending.iter().all(Option::is_none) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        ok
+    }
+
+    /// Keeps the pool at its target (`size`, growing with demand up to
+    /// `max`; see [`Self::target`]), refilled in parallel; sends PONGs
+    /// every `keepalive`, drops dead entries; upgrades and PONGs each get
+    /// `limit`. Runs until retired.
     pub(crate) async fn maintain_pool(
         self: Arc<Self>,
         size: usize,
+        max: usize,
         keepalive: Duration,
         limit: Duration,
     ) {
@@ -171,26 +282,12 @@ impl Upstream {
                 self.sweep(keepalive, limit).await;
                 swept = Some(Instant::now());
             }
-            let mut failed = false;
-            while self.pooled() < size && !self.is_retired() {
-                match self.upgrade(limit).await {
-                    Ok(up) => {
-                        self.set_health(true, "");
-                        backoff = Duration::from_millis(250);
-                        self.pool
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push_back(Pooled {
-                                up,
-                                last_pong: Instant::now(),
-                            });
-                    }
-                    Err(e) => {
-                        self.set_health(false, &e.to_string());
-                        failed = true;
-                        break;
-                    }
-                }
+            let target = self.target(size, max);
+            self.trim(target);
+            let missing = target.saturating_sub(self.pooled());
+            let failed = missing > 0 && !self.refill(missing, limit).await;
+            if missing > 0 && !failed {
+                backoff = Duration::from_millis(250);
             }
             let wait = if failed {
                 backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -237,3 +334,49 @@ impl Upstream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demand_is_the_busiest_second_of_the_last_minute() {
+        let t0 = Instant::now();
+        let mut d = Demand {
+            takes: VecDeque::new(),
+        };
+        assert_eq!(d.peak(t0), 0);
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // A burst of 5 within 100 ms, then 3 spread over 3 s.
+        for i in 0..5 {
+            d.note(ms(i * 20));
+        }
+        for i in 0..3 {
+            d.note(ms(2000 + i * 1000));
+        }
+        assert_eq!(d.peak(ms(5000)), 5);
+        // A burst across a second boundary counts whole.
+        for i in 0..7 {
+            d.note(ms(10_900 + i * 20));
+        }
+        assert_eq!(d.peak(ms(12_000)), 7);
+        // A minute later the first burst is forgotten, then the second.
+        assert_eq!(d.peak(ms(65_000)), 7);
+        assert_eq!(d.peak(ms(72_000)), 0);
+        assert!(d.takes.is_empty());
+    }
+
+    #[test]
+    fn demand_is_bounded() {
+        let t0 = Instant::now();
+        let mut d = Demand {
+            takes: VecDeque::new(),
+        };
+        for _ in 0..DEMAND_KEPT * 2 {
+            d.note(t0);
+        }
+        assert_eq!(d.takes.len(), DEMAND_KEPT);
+        assert_eq!(d.peak(t0), DEMAND_KEPT);
+    }
+}
+

@@ -23,6 +23,11 @@ use crate::proto::proxy::{WsUrl, parse_ws_url};
 
 /// Upgraded connections kept ready per server.
 const DEFAULT_POOL_SIZE: usize = 2;
+/// What a pool may grow to with demand: a browser's burst of connections
+/// for one page.
+const DEFAULT_POOL_MAX: usize = 32;
+/// The largest `pool.max` accepted.
+const POOL_MAX_LIMIT: usize = 1024;
 /// Shorter than common gateway idle timeouts (nginx 60 s, Heroku 55 s).
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(20);
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
@@ -75,6 +80,9 @@ pub(crate) struct UpstreamServer {
 pub(crate) struct Pool {
     /// Connections per server; 0 disables the pool.
     pub size: usize,
+    /// What the pool may grow to with demand: the most takes in one
+    /// second over the last minute, between `size` and this.
+    pub max: usize,
     /// How often a pooled connection sends the `8A 00` PONG.
     pub keepalive: Duration,
 }
@@ -235,6 +243,7 @@ impl<'de> Deserialize<'de> for RawUrl {
 #[serde(default, deny_unknown_fields, expecting = "struct PoolConfig")]
 struct RawPool {
     size: usize,
+    max: usize,
     keepalive: Dur,
 }
 
@@ -242,6 +251,7 @@ impl Default for RawPool {
     fn default() -> Self {
         RawPool {
             size: DEFAULT_POOL_SIZE,
+            max: DEFAULT_POOL_MAX,
             keepalive: Dur(DEFAULT_KEEPALIVE),
         }
     }
@@ -352,8 +362,30 @@ pub(super) fn validate(a: RawAgent, src: &Source) -> Result<Agent, ConfigError> 
         reply: src.nonzero("agent.timeouts.reply", a.timeouts.reply)?,
         send: src.nonzero("agent.timeouts.send", a.timeouts.send)?,
     };
+    if a.pool.size > POOL_MAX_LIMIT {
+        return Err(src.err(
+            "agent.pool.size",
+            format!("must be at most {POOL_MAX_LIMIT}"),
+        ));
+    }
+    // A `size` above the default `max` raises it: growth starts there.
+    let max = if a.pool.max == DEFAULT_POOL_MAX {
+        a.pool.max.max(a.pool.size)
+    } else {
+        a.pool.max
+    };
+    if max < a.pool.size || max > POOL_MAX_LIMIT {
+        return Err(src.err(
+            "agent.pool.max",
+            format!(
+                "must be from pool.size ({}) to {POOL_MAX_LIMIT}",
+                a.pool.size
+            ),
+        ));
+    }
     let pool = Pool {
         size: a.pool.size,
+        max,
         keepalive: src.nonzero("agent.pool.keepalive", a.pool.keepalive)?,
     };
     let health = HealthChecks {

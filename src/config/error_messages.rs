@@ -420,9 +420,19 @@ const FILE_CASES: &[(&str, Option<&str>, &str)] = &[
         "DIR/websocks.yaml:5: agent.max_connections: must be at least 1",
     ),
     (
+        "agent:\n  socks5: {listen: [\"127.0.0.1:0\"]}\n  servers:\n    - {name: s, url: \"ws://h/\", user: u, password: pw}\n  pool: {size: 4, max: 3}\n",
+        None,
+        "DIR/websocks.yaml: agent.pool.max: must be from pool.size (4) to 1024",
+    ),
+    (
+        "agent:\n  socks5: {listen: [\"127.0.0.1:0\"]}\n  servers:\n    - {name: s, url: \"ws://h/\", user: u, password: pw}\n  pool: {size: 1025}\n",
+        None,
+        "DIR/websocks.yaml: agent.pool.size: must be at most 1024",
+    ),
+    (
         "agent:\n  socks5: {listen: [\"127.0.0.1:0\"]}\n  servers:\n    - {name: s, url: \"ws://h/\", user: u, password: pw}\n  pool: {size: 1, sise: 2}\n",
         None,
-        "DIR/websocks.yaml:5: agent.pool: unknown field `sise`, expected `size` or `keepalive`",
+        "DIR/websocks.yaml:5: agent.pool: unknown field `sise`, expected one of `size`, `max`, `keepalive`",
     ),
     (
         "server:\n  listen: [\"127.0.0.1:0\"]\n  users: [5]\n",
