@@ -146,7 +146,10 @@ fn the_pool_grows_with_a_burst() {
                     assert_eq!(rep, 0);
                     let text = format!("client {i}");
                     s.write_all(text.as_bytes()).unwrap();
-                    assert_eq!(read_exact_after(&mut s, Vec::new(), text.len()), text.as_bytes());
+                    assert_eq!(
+                        read_exact_after(&mut s, Vec::new(), text.len()),
+                        text.as_bytes()
+                    );
                 })
             })
             .collect();
@@ -158,7 +161,9 @@ fn the_pool_grows_with_a_burst() {
     wait_until(Duration::from_secs(5), "a pool of 12", || ready() == 12);
     // Never beyond max, however big the burst.
     burst(20);
-    wait_until(Duration::from_secs(5), "a pool of 12 again", || ready() == 12);
+    wait_until(Duration::from_secs(5), "a pool of 12 again", || {
+        ready() == 12
+    });
     thread::sleep(Duration::from_millis(300));
     assert_eq!(ready(), 12);
     let pooled = d
@@ -169,6 +174,27 @@ fn the_pool_grows_with_a_burst() {
         .filter(|l| l.contains("server=s(pooled)"))
         .count();
     assert!(pooled >= 12 + 2, "{pooled} pooled tunnels");
+}
+
+/// A big pool fills a few upgrades at a time: never over the server's
+/// handshake budget for one source (64 by default), so no upgrade, health
+/// check or fresh tunnel is refused meanwhile.
+#[test]
+fn a_big_pool_fills_within_the_servers_budget_per_source() {
+    let server = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
+    let d = simple_agent(server.addr(), "  pool: {size: 100}\n");
+    let echo = echo_server();
+    for _ in 0..5 {
+        let (rep, mut s) = socks_open(d.addrs[0], &Addr::Ip(echo), b"");
+        assert_eq!(rep, 0);
+        s.write_all(b"x").unwrap();
+        assert_eq!(read_exact_after(&mut s, Vec::new(), 1), b"x");
+    }
+    thread::sleep(Duration::from_millis(500));
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(!log.contains("reached"), "{log}");
+    let log = d.log.lock().unwrap().join("\n");
+    assert!(!log.contains("is down"), "{log}");
 }
 
 /// Over `max_connections`, new local connections are closed at once; the

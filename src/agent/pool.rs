@@ -40,6 +40,9 @@ struct Demand {
     takes: VecDeque<Instant>,
 }
 
+/// Upgrades a refill runs at once.
+const REFILL_AT_ONCE: usize = 8;
+
 /// How far back demand is remembered.
 const DEMAND_WINDOW: Duration = Duration::from_secs(60);
 /// Takes remembered at most (a flood of takes costs bounded memory).
@@ -222,7 +225,9 @@ impl Upstream {
     /// Upgrades `n` connections at once, each into the pool as soon as it
     /// is ready (a take need not wait for the rest); false when one failed.
     async fn refill(&self, n: usize, limit: Duration) -> bool {
-        let mut pending: Vec<_> = (0..n).map(|_| Some(Box::pin(self.upgrade(limit)))).collect();
+        let mut pending: Vec<_> = (0..n)
+            .map(|_| Some(Box::pin(self.upgrade(limit))))
+            .collect();
         let mut ok = true;
         future::poll_fn(|cx| {
             for slot in &mut pending {
@@ -284,7 +289,10 @@ impl Upstream {
             }
             let target = self.target(size, max);
             self.trim(target);
-            let missing = target.saturating_sub(self.pooled());
+            // A few at a time: a server counts handshakes per source
+            // (`max_handshakes_per_source`, 64 at most by default), and
+            // a health check or a client's fresh tunnel must still fit.
+            let missing = target.saturating_sub(self.pooled()).min(REFILL_AT_ONCE);
             let failed = missing > 0 && !self.refill(missing, limit).await;
             if missing > 0 && !failed {
                 backoff = Duration::from_millis(250);
@@ -292,6 +300,9 @@ impl Upstream {
             let wait = if failed {
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 backoff
+            } else if self.pooled() < target {
+                // The next few at once.
+                continue;
             } else {
                 tick
             };
@@ -379,4 +390,3 @@ mod tests {
         assert_eq!(d.peak(t0), DEMAND_KEPT);
     }
 }
-
