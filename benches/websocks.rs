@@ -35,7 +35,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -445,9 +445,9 @@ fn echo_helper() {
 
 // ---------------------------------------------------------------- measurements
 
-/// Downloads `n` bytes from the source and checks them; returns the end.
-fn download(via: Option<SocketAddr>, source: SocketAddr, n: u64) -> Result<Instant, String> {
-    let mut s = open(via, source).map_err(|e| format!("open: {e}"))?;
+/// Downloads `n` bytes from the source on `s` and checks them; returns
+/// the end.
+fn download(mut s: TcpStream, n: u64) -> Result<Instant, String> {
     let start = Instant::now();
     s.write_all(&n.to_le_bytes())
         .map_err(|e| format!("request: {e}"))?;
@@ -474,9 +474,9 @@ fn download(via: Option<SocketAddr>, source: SocketAddr, n: u64) -> Result<Insta
     Ok(Instant::now())
 }
 
-/// Uploads `n` pattern bytes to the sink, then waits for its close.
-fn upload(via: Option<SocketAddr>, sink: SocketAddr, n: u64) -> Result<(), String> {
-    let mut s = open(via, sink).map_err(|e| format!("open: {e}"))?;
+/// Uploads `n` pattern bytes to the sink on `s`, then waits for its
+/// close.
+fn upload(mut s: TcpStream, n: u64) -> Result<(), String> {
     let start = Instant::now();
     let mut off = 0u64;
     while off < n {
@@ -501,7 +501,8 @@ enum Dir {
     Up,
 }
 
-/// `streams` parallel transfers of `total` bytes in all; aggregate MiB/s.
+/// `streams` parallel transfers of `total` bytes in all; aggregate MiB/s
+/// from when every stream is open.
 fn transfer(
     dir: Dir,
     streams: usize,
@@ -512,16 +513,26 @@ fn transfer(
     let sink_rx = d.sink_rx.lock().unwrap();
     while sink_rx.try_recv().is_ok() {}
     let per = total / streams as u64;
-    let (source, sink) = (d.source, d.sink);
-    let start = Instant::now();
+    let dest = match dir {
+        Dir::Down => d.source,
+        Dir::Up => d.sink,
+    };
+    let ready = Arc::new(Barrier::new(streams + 1));
     let handles: Vec<_> = (0..streams)
         .map(|_| {
-            thread::spawn(move || match dir {
-                Dir::Down => download(via, source, per),
-                Dir::Up => upload(via, sink, per).map(|_| Instant::now()),
+            let ready = ready.clone();
+            thread::spawn(move || {
+                let s = open(via, dest).map_err(|e| format!("open: {e}"));
+                ready.wait();
+                match dir {
+                    Dir::Down => download(s?, per),
+                    Dir::Up => upload(s?, per).map(|()| Instant::now()),
+                }
             })
         })
         .collect();
+    ready.wait();
+    let start = Instant::now();
     let mut end = start;
     let mut errs = Vec::new();
     for h in handles {
