@@ -18,7 +18,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -44,16 +44,49 @@ impl Link {
             .map_or(MAX, |r| ((r / 1000.0) as usize).clamp(4096, MAX))
     }
 
-    /// Chunks that may wait in one direction: what the link holds in
-    /// flight plus 50 ms of queue at its rate, or 64 MiB uncapped (which
-    /// bounds an uncapped direction at 64 MiB per delay).
-    fn queue(self) -> usize {
-        let bytes = self
-            .rate
-            .map_or(64.0 * 1048576.0, |r| r * (self.delay.as_secs_f64() + 0.05));
-        #[allow(clippy::cast_sign_loss, reason = "non-negative")]
-        let chunks = (bytes / self.read_size() as f64).ceil() as usize;
-        chunks.max(64)
+    /// Bytes one direction may hold: what the link has in flight plus 50
+    /// ms of queue at its rate, or 64 MiB uncapped (which bounds an
+    /// uncapped direction at 64 MiB per delay).
+    fn limit(self) -> usize {
+        #[allow(clippy::cast_sign_loss, reason = "a positive rate")]
+        self.rate.map_or(64 << 20, |r| {
+            ((r * (self.delay.as_secs_f64() + 0.05)) as usize).max(256 * 1024)
+        })
+    }
+}
+
+/// The bytes one direction holds. While it holds its limit, its intake
+/// reads nothing, and the sender feels TCP's backpressure.
+#[derive(Default)]
+struct Held {
+    /// Bytes held, and whether the release has ended.
+    state: Mutex<(usize, bool)>,
+    freed: Condvar,
+}
+
+impl Held {
+    /// Waits while `limit` bytes or more are held; false once the release
+    /// has ended.
+    fn room(&self, limit: usize) -> bool {
+        let mut s = self.state.lock().unwrap();
+        while s.0 >= limit && !s.1 {
+            s = self.freed.wait(s).unwrap();
+        }
+        !s.1
+    }
+
+    fn add(&self, n: usize) {
+        self.state.lock().unwrap().0 += n;
+    }
+
+    fn sub(&self, n: usize) {
+        self.state.lock().unwrap().0 -= n;
+        self.freed.notify_one();
+    }
+
+    fn end(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.freed.notify_one();
     }
 }
 
@@ -135,13 +168,17 @@ fn wait_until(t: Instant, exact: bool) {
 fn carry(client: &TcpStream, target: SocketAddr, link: Link) {
     let accepted = Instant::now();
     let _ = client.set_nodelay(true);
-    let (up_tx, up_rx) = mpsc::sync_channel(link.queue());
+    let (up_tx, up_rx) = mpsc::channel();
+    let up = Arc::new(Held::default());
     let Ok(from_client) = client.try_clone() else {
         return;
     };
     // Across a real path the client's connect returns one round trip after
     // its SYN left: whatever it sends is due one delay after that.
-    thread::spawn(move || intake(from_client, &up_tx, link, accepted + 2 * link.delay));
+    let held = up.clone();
+    thread::spawn(move || {
+        intake(from_client, &up_tx, &held, link, accepted + 2 * link.delay);
+    });
     // The SYN reaches the target after one delay.
     sleep_until(accepted + link.delay);
     let Ok(server) = TcpStream::connect(target) else {
@@ -153,23 +190,32 @@ fn carry(client: &TcpStream, target: SocketAddr, link: Link) {
         let _ = client.shutdown(Shutdown::Both);
         return;
     };
-    thread::spawn(move || release(&to_server, &up_rx));
-    let (down_tx, down_rx) = mpsc::sync_channel(link.queue());
-    thread::spawn(move || intake(server, &down_tx, link, accepted));
-    release(client, &down_rx);
+    thread::spawn(move || release(&to_server, &up_rx, &up));
+    let (down_tx, down_rx) = mpsc::channel();
+    let down = Arc::new(Held::default());
+    let held = down.clone();
+    thread::spawn(move || intake(server, &down_tx, &held, link, accepted));
+    release(client, &down_rx, &down);
 }
 
 /// Reads `from` until EOF (or an error, taken as one) and queues each read
 /// with the time it is due at the other end: one delay after it has left
 /// the bucket, never sent before `not_before`.
-fn intake(mut from: TcpStream, tx: &mpsc::SyncSender<Chunk>, link: Link, not_before: Instant) {
-    let size = link.read_size();
+fn intake(
+    mut from: TcpStream,
+    tx: &mpsc::Sender<Chunk>,
+    held: &Held,
+    link: Link,
+    not_before: Instant,
+) {
+    let (size, limit) = (link.read_size(), link.limit());
     let mut bucket = link
         .rate
         .map(|r| Bucket::new(r, size as f64, Instant::now()));
     let mut buf = vec![0u8; size];
-    loop {
+    while held.room(limit) {
         let n = from.read(&mut buf).unwrap_or(0);
+        held.add(n);
         let sent = Instant::now().max(not_before);
         let left = bucket.as_mut().map_or(sent, |b| b.take(n, sent));
         let chunk = Chunk {
@@ -186,7 +232,7 @@ fn intake(mut from: TcpStream, tx: &mpsc::SyncSender<Chunk>, link: Link, not_bef
 /// Writes each queued chunk to `to` when it is due; then passes the FIN on.
 /// A chunk with another queued behind it (a bulk flow) is released after a
 /// plain sleep; a lone one (a request, a reply) to the microsecond.
-fn release(mut to: &TcpStream, rx: &mpsc::Receiver<Chunk>) {
+fn release(mut to: &TcpStream, rx: &mpsc::Receiver<Chunk>, held: &Held) {
     let mut next = rx.recv().ok();
     while let Some(c) = next.take() {
         next = rx.try_recv().ok();
@@ -194,9 +240,11 @@ fn release(mut to: &TcpStream, rx: &mpsc::Receiver<Chunk>) {
         if c.bytes.is_empty() || to.write_all(&c.bytes).is_err() {
             break;
         }
+        held.sub(c.bytes.len());
         if next.is_none() {
             next = rx.recv().ok();
         }
     }
+    held.end();
     let _ = to.shutdown(Shutdown::Write);
 }
