@@ -1641,6 +1641,30 @@ fn burst(agent: SocketAddr, dest: SocketAddr) -> Vec<io::Result<Duration>> {
         .collect()
 }
 
+/// [`BURST`] connects across a delay relay straight to the echo at once:
+/// each one's time to its first echo.
+fn relay_burst(relay: SocketAddr) -> Vec<io::Result<Duration>> {
+    let go = Arc::new(Barrier::new(BURST));
+    let hs: Vec<_> = (0..BURST)
+        .map(|_| {
+            let go = go.clone();
+            thread::spawn(move || {
+                go.wait();
+                let t = Instant::now();
+                let mut s = common::try_connect(relay, IO_TIMEOUT)?;
+                echo_byte(&mut s)?;
+                Ok(t.elapsed())
+            })
+        })
+        .collect();
+    hs.into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(err("client thread panicked")))
+        })
+        .collect()
+}
+
 /// Across a delay relay straight to the echo: the time of the connect and
 /// the first echo, then the median of `n` more echoes on that connection.
 fn relay_echo(relay: SocketAddr, n: usize) -> io::Result<(Duration, Duration)> {
@@ -1755,6 +1779,22 @@ fn rtt_times(
         }
         Err(e) => rep.note(format!("{label}: echo across the relay alone: {e}")),
     }
+    // The same in bursts: what the relay adds when 32 connections come at
+    // once, as the bursts below bring them.
+    let mut all = Vec::new();
+    for _ in 0..o.bursts() {
+        all.extend(relay_burst(alone.addr));
+    }
+    let v = sorted_times(rep, &format!("{label}, relay alone, bursts"), all);
+    let p99 = (!v.is_empty()).then(|| quantile(&v, 0.99));
+    rtt_row(
+        rep,
+        &format!("{label}: relay alone, burst p99"),
+        p99,
+        rtt,
+        2,
+        None,
+    );
     drop(alone);
 
     let link = Helper::delay(server, rtt, None);

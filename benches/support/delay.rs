@@ -134,8 +134,11 @@ struct Chunk {
 /// Serves `l`: each connection is carried to `target` across `link`.
 pub(crate) fn serve(l: &TcpListener, target: SocketAddr, link: Link) {
     for c in l.incoming() {
+        // Taken before the spawn: a burst of accepts must not push the
+        // later ones' clocks back.
+        let accepted = Instant::now();
         let Ok(c) = c else { continue };
-        thread::spawn(move || carry(&c, target, link));
+        thread::spawn(move || carry(&c, accepted, target, link));
     }
 }
 
@@ -164,9 +167,8 @@ fn wait_until(t: Instant, exact: bool) {
     }
 }
 
-/// One connection, both ways.
-fn carry(client: &TcpStream, target: SocketAddr, link: Link) {
-    let accepted = Instant::now();
+/// One connection, accepted at `accepted`, both ways.
+fn carry(client: &TcpStream, accepted: Instant, target: SocketAddr, link: Link) {
     let _ = client.set_nodelay(true);
     let (up_tx, up_rx) = mpsc::channel();
     let up = Arc::new(Held::default());
