@@ -133,12 +133,20 @@ struct Chunk {
 
 /// Serves `l`: each connection is carried to `target` across `link`.
 pub(crate) fn serve(l: &TcpListener, target: SocketAddr, link: Link) {
+    // Accepts are timed here and carried from another thread: spawning
+    // takes tens of µs, and in a burst of connections the last one's clock
+    // must not wait for the others' spawns.
+    let (tx, rx) = mpsc::channel::<(TcpStream, Instant)>();
+    thread::spawn(move || {
+        for (c, accepted) in rx {
+            thread::spawn(move || carry(&c, accepted, target, link));
+        }
+    });
     for c in l.incoming() {
-        // Taken before the spawn: a burst of accepts must not push the
-        // later ones' clocks back.
-        let accepted = Instant::now();
         let Ok(c) = c else { continue };
-        thread::spawn(move || carry(&c, accepted, target, link));
+        if tx.send((c, Instant::now())).is_err() {
+            return;
+        }
     }
 }
 
