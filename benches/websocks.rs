@@ -1800,8 +1800,9 @@ fn rtt_times(
     let link = Helper::delay(server, rtt, None);
     let pooled = websocks("agent", &agent_yaml_with(link.addr, ""));
     let unpooled = websocks("agent", &agent_yaml(link.addr, 0));
-    // The pool fills (or refills) one upgrade after another, each a
-    // connect and an upgrade: two round trips apiece.
+    // Each pooled connection is a connect and an upgrade, two round trips:
+    // the default pool of 2 refilled one after the other takes four (a
+    // pool that grows refills in parallel). The pauses leave room to spare.
     let refill_one = 3 * rtt + Duration::from_millis(100);
     let refill_all = 6 * rtt + Duration::from_millis(300);
     thread::sleep(refill_all);
