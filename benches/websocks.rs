@@ -1,9 +1,10 @@
 //! Benchmark of `websocks` against direct connections, on loopback.
 //!
-//! Run: `cargo bench --bench websocks` (about a minute on 2 cores),
+//! Run: `cargo bench --bench websocks` (about two minutes on 2 cores),
 //! `cargo bench --bench websocks -- --quick` (shorter transfers and
-//! fewer connections), `-- --only bulk,setup,idle,banner` to choose phases and
-//! `-- --conns 2000,10000` to choose the idle-tunnel counts.
+//! fewer connections), `-- --only bulk,setup,idle,banner,rtt` to choose
+//! phases, `-- --conns 2000,10000` to choose the idle-tunnel counts and
+//! `-- --rtt 20,80` the round trips (ms) of the rtt phase.
 //!
 //! Starts the bench-profile `websocks` binary as a server and as two agents
 //! (pool 64 and pool 0), all on 127.0.0.1 port 0; a source and a sink run
@@ -21,6 +22,18 @@
 //! baseline on loopback, and websocks' own legs use reno there. The CPU
 //! row's direct column is what both ends of the direct transfers (this
 //! program) used per byte.
+//!
+//! The rtt phase puts a delay relay between agent and server: this program
+//! as `--delay-helper TARGET DELAY_MS [RATE_MBIT]` (`support/delay.rs`),
+//! which holds each chunk DELAY_MS in each direction (and a client's first
+//! bytes a TCP handshake's round trip longer), each direction capped at
+//! RATE_MBIT Mbit/s if given. The destinations stay next to the server on
+//! loopback. Times from the SOCKS5 CONNECT to its reply are printed in round
+//! trips next to the least the protocol allows: pooled, in bursts of 32
+//! against the default pool, unpooled. One bulk stream through the tunnel
+//! is compared with one direct connection across the same link (a relay in
+//! front of the destination), capped at 100 Mbit/s and not. First rows:
+//! the relay alone, to the echo, so that what it adds shows.
 
 // The test suite's harness, shared rather than copied: `Daemon` runs
 // websocks, `watch_log` reads a helper's output; `support` (shared with
@@ -29,22 +42,25 @@
 mod common;
 // The helpers this bench shares with the soak (`benches/soak.rs`).
 mod support;
+// The delay relay of the rtt phase (`--delay-helper`).
+#[path = "support/delay.rs"]
+mod delay;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{Daemon, PASS, USER, watch_log};
 
 use support::{
-    CHUNK, IO_TIMEOUT, agent_yaml, echo_conn, err, expected, fd_count, last_lines, listener,
-    nofile, open, open_async, pattern, ping_async, raise_nofile, serve_each, status_kib, timeout,
-    websocks,
+    CHUNK, IO_TIMEOUT, agent_yaml, agent_yaml_with, echo_conn, err, expected, fd_count, last_lines,
+    listener, nofile, open, open_async, pattern, ping_async, raise_nofile, serve_each,
+    socks_connect, status_kib, timeout, websocks,
 };
 
 /// One bulk transfer may take at most this long.
@@ -60,7 +76,9 @@ const MIB: f64 = 1048576.0;
 struct Opts {
     quick: bool,
     conns: Vec<usize>,
-    /// Phases to run: bulk, setup, idle.
+    /// Round trips of the rtt phase, in ms.
+    rtts: Vec<f64>,
+    /// Phases to run: bulk, setup, idle, banner, rtt.
     only: Vec<String>,
 }
 
@@ -78,13 +96,30 @@ impl Opts {
     fn concurrent(&self) -> usize {
         if self.quick { 5000 } else { 20000 }
     }
+    /// Connections timed one at a time in the rtt phase, per figure.
+    fn rtt_sequential(&self) -> usize {
+        if self.quick { 8 } else { 20 }
+    }
+    /// Bursts of [`BURST`] connections in the rtt phase.
+    fn bursts(&self) -> usize {
+        if self.quick { 2 } else { 5 }
+    }
+    /// Bytes of one transfer through the capped link of the rtt phase.
+    fn capped_bulk(&self) -> u64 {
+        if self.quick { 8 << 20 } else { 32 << 20 }
+    }
+    /// Bytes of one transfer through the uncapped link.
+    fn uncapped_bulk(&self) -> u64 {
+        if self.quick { 64 << 20 } else { 256 << 20 }
+    }
 }
 
 fn parse_args(args: &[String]) -> Opts {
     let mut o = Opts {
         quick: false,
         conns: vec![2000, 10000],
-        only: ["bulk", "setup", "idle", "banner"]
+        rtts: vec![20.0, 80.0],
+        only: ["bulk", "setup", "idle", "banner", "rtt"]
             .map(String::from)
             .to_vec(),
     };
@@ -108,11 +143,26 @@ fn parse_args(args: &[String]) -> Opts {
                     }
                 }
             }
+            "--rtt" => {
+                let v = it.next().map(String::as_str).unwrap_or("");
+                let parsed: Result<Vec<f64>, _> =
+                    v.split(',').map(|x| x.trim().parse::<f64>()).collect();
+                match parsed {
+                    Ok(r) if !r.is_empty() && r.iter().all(|&ms| ms > 0.0 && ms <= 2000.0) => {
+                        o.rtts = r;
+                    }
+                    _ => {
+                        eprintln!("--rtt wants round trips in ms like 20,80; got {v:?}");
+                        std::process::exit(2);
+                    }
+                }
+            }
             // `cargo bench` passes `--bench`.
             "--bench" => {}
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: cargo bench --bench websocks [-- [--quick] [--conns N[,N...]] [--only bulk,setup,idle,banner]]"
+                    "usage: cargo bench --bench websocks [-- [--quick] [--conns N[,N...]] \
+                     [--rtt MS[,MS...]] [--only bulk,setup,idle,banner,rtt]]"
                 );
                 std::process::exit(0);
             }
@@ -125,7 +175,8 @@ fn parse_args(args: &[String]) -> Opts {
 // ---------------------------------------------------------------- processes
 
 /// This program re-executed as a helper (`--echo-helper`, `--relay-helper
-/// DEST`) with a listener; killed on drop.
+/// DEST`, `--delay-helper TARGET DELAY_MS [RATE_MBIT]`) with a listener;
+/// killed on drop.
 struct Helper {
     child: Child,
     addr: SocketAddr,
@@ -170,6 +221,18 @@ impl Helper {
     /// This program as a bare relay to `dest`.
     fn relay(dest: SocketAddr) -> Helper {
         Self::start(&["--relay-helper", &dest.to_string()])
+    }
+
+    /// This program as a delay relay to `target`: round trip `rtt`, each
+    /// direction capped at `mbit` Mbit/s if given.
+    fn delay(target: SocketAddr, rtt: Duration, mbit: Option<f64>) -> Helper {
+        let mut args = vec![
+            "--delay-helper".to_string(),
+            target.to_string(),
+            (rtt.as_secs_f64() * 1e3 / 2.0).to_string(),
+        ];
+        args.extend(mbit.map(|m| m.to_string()));
+        Self::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     fn pid(&self) -> u32 {
@@ -253,6 +316,10 @@ struct Dests {
     /// Reads to EOF, checks the pattern, reports, closes.
     sink: SocketAddr,
     sink_rx: Arc<Mutex<mpsc::Receiver<SinkReport>>>,
+    /// How long a transfer waits after its connection is open before its
+    /// clock starts: a connection across a delay relay carries bytes only
+    /// from one round trip after its connect.
+    settle: Duration,
 }
 
 impl Dests {
@@ -263,7 +330,14 @@ impl Dests {
             source,
             sink,
             sink_rx: self.sink_rx.clone(),
+            settle: self.settle,
         }
+    }
+
+    /// These destinations, each transfer waiting `settle` once open.
+    fn settled(mut self, settle: Duration) -> Dests {
+        self.settle = settle;
+        self
     }
 }
 
@@ -319,6 +393,7 @@ fn start_dests() -> Dests {
         source: serve_each(source_conn),
         sink: serve_each(move |s| sink_conn(s, &tx)),
         sink_rx: Arc::new(Mutex::new(sink_rx)),
+        settle: Duration::ZERO,
     }
 }
 
@@ -365,6 +440,30 @@ fn relay_helper(dest: &str) {
             let _ = up.join();
         });
     }
+}
+
+/// `--delay-helper TARGET DELAY_MS [RATE_MBIT]`: the delay relay of the
+/// rtt phase (`support/delay.rs`) in front of TARGET, DELAY_MS each way
+/// (fractions allowed), each direction capped at RATE_MBIT Mbit/s if
+/// given; prints its address and exits when its stdin closes.
+fn delay_helper(args: &[String]) {
+    let arg = |i: usize| args.get(i).map_or("", String::as_str);
+    let target: SocketAddr = arg(0).parse().expect("TARGET: an IP:PORT");
+    let ms: f64 = arg(1).parse().expect("DELAY_MS: a number");
+    let rate = args.get(2).map(|m| {
+        let mbit: f64 = m.parse().expect("RATE_MBIT: a number");
+        assert!(mbit > 0.0, "RATE_MBIT must be positive");
+        mbit * 1e6 / 8.0
+    });
+    let link = delay::Link {
+        delay: Duration::from_secs_f64(ms / 1e3),
+        rate,
+    };
+    let l = listener();
+    println!("delay relay listening on {}", l.local_addr().unwrap());
+    let _ = io::stdout().flush();
+    exit_with_stdin();
+    delay::serve(&l, target, link);
 }
 
 /// The host's default TCP congestion control.
@@ -445,9 +544,9 @@ fn echo_helper() {
 
 // ---------------------------------------------------------------- measurements
 
-/// Downloads `n` bytes from the source and checks them; returns the end.
-fn download(via: Option<SocketAddr>, source: SocketAddr, n: u64) -> Result<Instant, String> {
-    let mut s = open(via, source).map_err(|e| format!("open: {e}"))?;
+/// Downloads `n` bytes from the source on `s` and checks them; returns
+/// the end.
+fn download(mut s: TcpStream, n: u64) -> Result<Instant, String> {
     let start = Instant::now();
     s.write_all(&n.to_le_bytes())
         .map_err(|e| format!("request: {e}"))?;
@@ -474,9 +573,9 @@ fn download(via: Option<SocketAddr>, source: SocketAddr, n: u64) -> Result<Insta
     Ok(Instant::now())
 }
 
-/// Uploads `n` pattern bytes to the sink, then waits for its close.
-fn upload(via: Option<SocketAddr>, sink: SocketAddr, n: u64) -> Result<(), String> {
-    let mut s = open(via, sink).map_err(|e| format!("open: {e}"))?;
+/// Uploads `n` pattern bytes to the sink on `s`, then waits for its
+/// close.
+fn upload(mut s: TcpStream, n: u64) -> Result<(), String> {
     let start = Instant::now();
     let mut off = 0u64;
     while off < n {
@@ -501,7 +600,8 @@ enum Dir {
     Up,
 }
 
-/// `streams` parallel transfers of `total` bytes in all; aggregate MiB/s.
+/// `streams` parallel transfers of `total` bytes in all; aggregate MiB/s
+/// from when every stream is open (and settled, see [`Dests::settle`]).
 fn transfer(
     dir: Dir,
     streams: usize,
@@ -512,16 +612,30 @@ fn transfer(
     let sink_rx = d.sink_rx.lock().unwrap();
     while sink_rx.try_recv().is_ok() {}
     let per = total / streams as u64;
-    let (source, sink) = (d.source, d.sink);
-    let start = Instant::now();
+    let dest = match dir {
+        Dir::Down => d.source,
+        Dir::Up => d.sink,
+    };
+    let settle = d.settle;
+    let ready = Arc::new(Barrier::new(streams + 1));
     let handles: Vec<_> = (0..streams)
         .map(|_| {
-            thread::spawn(move || match dir {
-                Dir::Down => download(via, source, per),
-                Dir::Up => upload(via, sink, per).map(|_| Instant::now()),
+            let ready = ready.clone();
+            thread::spawn(move || {
+                let s = open(via, dest).map_err(|e| format!("open: {e}"));
+                if s.is_ok() {
+                    thread::sleep(settle);
+                }
+                ready.wait();
+                match dir {
+                    Dir::Down => download(s?, per),
+                    Dir::Up => upload(s?, per).map(|()| Instant::now()),
+                }
             })
         })
         .collect();
+    ready.wait();
+    let start = Instant::now();
     let mut end = start;
     let mut errs = Vec::new();
     for h in handles {
@@ -559,7 +673,11 @@ fn transfer(
 
 /// Connect (+ SOCKS5 through `via`) and a one-byte echo.
 fn ping(via: Option<SocketAddr>, echo: SocketAddr) -> io::Result<()> {
-    let mut s = open(via, echo)?;
+    echo_byte(&mut open(via, echo)?)
+}
+
+/// One byte to the echo on `s` and back.
+fn echo_byte(s: &mut TcpStream) -> io::Result<()> {
     s.write_all(&[0x5a])?;
     let mut b = [0u8; 1];
     s.read_exact(&mut b)?;
@@ -796,6 +914,8 @@ fn idle_tunnels(n: usize, echo: SocketAddr) -> Idle {
 // ---------------------------------------------------------------- report
 
 struct Row {
+    /// What the three figures below are.
+    cols: [&'static str; 3],
     name: String,
     tunnel: String,
     direct: String,
@@ -803,6 +923,13 @@ struct Row {
     target: String,
     pass: Option<bool>,
 }
+
+/// The columns of most rows: the figure through the tunnel, the same for a
+/// direct connection, and their ratio.
+const TUNNEL_COLS: [&str; 3] = ["tunnel", "direct", "ratio"];
+/// The columns of a time across the delay relay: in round trips, the least
+/// the protocol allows (in round trips), and in ms.
+const RTT_COLS: [&str; 3] = ["RTTs", "floor", "ms"];
 
 struct Report {
     rows: Vec<Row>,
@@ -820,11 +947,27 @@ impl Report {
         target: &str,
         pass: Option<bool>,
     ) {
+        self.row_of(TUNNEL_COLS, name, [tunnel, direct, ratio], target, pass);
+    }
+
+    /// A row whose three figures are `cols`.
+    fn row_of(
+        &mut self,
+        cols: [&'static str; 3],
+        name: &str,
+        [tunnel, direct, ratio]: [String; 3],
+        target: &str,
+        pass: Option<bool>,
+    ) {
         eprintln!(
-            "[{:6.1}s] {name}: tunnel {tunnel}, direct {direct}, ratio {ratio}",
-            self.t0.elapsed().as_secs_f64()
+            "[{:6.1}s] {name}: {} {tunnel}, {} {direct}, {} {ratio}",
+            self.t0.elapsed().as_secs_f64(),
+            cols[0],
+            cols[1],
+            cols[2]
         );
         self.rows.push(Row {
+            cols,
             name: name.to_string(),
             tunnel,
             direct,
@@ -852,6 +995,7 @@ impl Report {
         min_ratio: Option<f64>,
     ) {
         let show = |r: &Result<f64, String>| match r {
+            Ok(v) if *v < 100.0 => format!("{v:.1}"),
             Ok(v) => format!("{v:.0}"),
             Err(_) => "error".into(),
         };
@@ -877,11 +1021,16 @@ impl Report {
     fn print(&self, header: &str) {
         println!();
         println!("{header}");
-        println!(
-            "{:<38} {:>10} {:>10} {:>8}   {:<14} result",
-            "figure", "tunnel", "direct", "ratio", "target"
-        );
+        let mut cols = None;
         for r in &self.rows {
+            if cols != Some(r.cols) {
+                let [a, b, c] = r.cols;
+                println!(
+                    "{:<38} {a:>10} {b:>10} {c:>8}   {:<14} result",
+                    "figure", "target"
+                );
+                cols = Some(r.cols);
+            }
             let verdict = match r.pass {
                 Some(true) => "PASS",
                 Some(false) => "FAIL",
@@ -943,6 +1092,10 @@ fn main() {
         relay_helper(args.get(1).map_or("", String::as_str));
         return;
     }
+    if args.first().map(String::as_str) == Some("--delay-helper") {
+        delay_helper(&args[1..]);
+        return;
+    }
     raise_nofile(&args);
     let o = parse_args(&args);
     let header = format!(
@@ -982,6 +1135,9 @@ fn main() {
     }
     if want("banner") {
         banner_phase(&mut rep, &o);
+    }
+    if want("rtt") {
+        rtt_phase(&mut rep, &o, &dests, echo.addr);
     }
     drop(echo);
     eprintln!("total {:.0} s", rep.t0.elapsed().as_secs_f64());
@@ -1431,6 +1587,346 @@ fn banner_phase(rep: &mut Report, o: &Opts) {
         );
         if fw + fo > 0 {
             rep.note(format!("banner {name}: {fw} + {fo} of {n} failed"));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- round trips
+
+/// Connections opened at once in a burst.
+const BURST: usize = 32;
+/// The capped link's rate each way, in Mbit/s.
+const CAP_MBIT: f64 = 100.0;
+
+/// The value at quantile `q` of a sorted, non-empty sample.
+#[allow(
+    clippy::cast_sign_loss,
+    reason = "quantiles of a non-empty sample: q in 0..=1"
+)]
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
+/// On a connection to `agent`: the time from the SOCKS5 CONNECT
+/// (greeting and request in one write) to the end of the agent's reply.
+fn connect_reply(agent: SocketAddr, dest: SocketAddr) -> io::Result<Duration> {
+    let mut s = common::try_connect(agent, IO_TIMEOUT)?;
+    let t = Instant::now();
+    socks_connect(&mut s, dest)?;
+    Ok(t.elapsed())
+}
+
+/// [`BURST`] connections to `agent`, then their CONNECTs at once: each
+/// one's time to its reply.
+fn burst(agent: SocketAddr, dest: SocketAddr) -> Vec<io::Result<Duration>> {
+    let go = Arc::new(Barrier::new(BURST));
+    let hs: Vec<_> = (0..BURST)
+        .map(|_| {
+            let go = go.clone();
+            thread::spawn(move || {
+                let s = common::try_connect(agent, IO_TIMEOUT);
+                go.wait();
+                let mut s = s?;
+                let t = Instant::now();
+                socks_connect(&mut s, dest)?;
+                Ok(t.elapsed())
+            })
+        })
+        .collect();
+    hs.into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(err("client thread panicked")))
+        })
+        .collect()
+}
+
+/// [`BURST`] connects across a delay relay straight to the echo at once:
+/// each one's time to its first echo.
+fn relay_burst(relay: SocketAddr) -> Vec<io::Result<Duration>> {
+    let go = Arc::new(Barrier::new(BURST));
+    let hs: Vec<_> = (0..BURST)
+        .map(|_| {
+            let go = go.clone();
+            thread::spawn(move || {
+                go.wait();
+                let t = Instant::now();
+                let mut s = common::try_connect(relay, IO_TIMEOUT)?;
+                echo_byte(&mut s)?;
+                Ok(t.elapsed())
+            })
+        })
+        .collect();
+    hs.into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(err("client thread panicked")))
+        })
+        .collect()
+}
+
+/// Across a delay relay straight to the echo: the time of the connect and
+/// the first echo, then the median of `n` more echoes on that connection.
+fn relay_echo(relay: SocketAddr, n: usize) -> io::Result<(Duration, Duration)> {
+    let t = Instant::now();
+    let mut s = common::try_connect(relay, IO_TIMEOUT)?;
+    echo_byte(&mut s)?;
+    let first = t.elapsed();
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        echo_byte(&mut s)?;
+        v.push(t.elapsed());
+    }
+    v.sort();
+    Ok((first, quantile(&v, 0.5)))
+}
+
+/// The successes of `v`, sorted; the failures counted into a note.
+fn sorted_times(rep: &mut Report, what: &str, v: Vec<io::Result<Duration>>) -> Vec<Duration> {
+    let n = v.len();
+    let mut first = None;
+    let mut ok: Vec<Duration> = v
+        .into_iter()
+        .filter_map(|r| {
+            r.map_err(|e| first.get_or_insert(e.to_string()).clone())
+                .ok()
+        })
+        .collect();
+    if ok.len() < n {
+        rep.note(format!(
+            "{what}: {} of {n} failed, first: {}",
+            n - ok.len(),
+            first.unwrap_or_default()
+        ));
+    }
+    ok.sort();
+    ok
+}
+
+/// A time across the relay: in round trips next to the least the
+/// protocol allows, and in ms; `max` (round trips) is the target.
+fn rtt_row(
+    rep: &mut Report,
+    name: &str,
+    t: Option<Duration>,
+    rtt: Duration,
+    floor: u32,
+    max: Option<f64>,
+) {
+    let x = t.map(|t| t.as_secs_f64() / rtt.as_secs_f64());
+    rep.row_of(
+        RTT_COLS,
+        name,
+        [
+            x.map_or("error".into(), |x| format!("{x:.2}")),
+            floor.to_string(),
+            t.map_or("-".into(), |t| format!("{:.1}", t.as_secs_f64() * 1e3)),
+        ],
+        &max.map_or(String::new(), |m| format!("<= {m:.2} RTT")),
+        max.map(|m| x.is_some_and(|x| x <= m)),
+    );
+}
+
+/// Across a link of round trip `rtt` between agent and server (this
+/// program as `--delay-helper` in front of the server), for each `--rtt`:
+/// the relay alone, CONNECT to reply pooled, in a burst and unpooled, and
+/// bulk transfers against direct ones across the same link.
+fn rtt_phase(rep: &mut Report, o: &Opts, dests: &Dests, echo: SocketAddr) {
+    let server = websocks("server", &server_yaml());
+    for &ms in &o.rtts {
+        let rtt = Duration::from_secs_f64(ms / 1e3);
+        rtt_times(rep, o, &format!("rtt {ms} ms"), server.addr(), echo, rtt);
+        rtt_bulk(rep, o, &format!("rtt {ms} ms"), server.addr(), dests, rtt);
+    }
+}
+
+/// The times of one round trip `rtt`; rows named after `label`.
+fn rtt_times(
+    rep: &mut Report,
+    o: &Opts,
+    label: &str,
+    server: SocketAddr,
+    echo: SocketAddr,
+    rtt: Duration,
+) {
+    let n = o.rtt_sequential();
+    // The relay alone, to the echo: the connect's round trip, then one
+    // per echo; what it adds of its own is the excess over that.
+    let alone = Helper::delay(echo, rtt, None);
+    match relay_echo(alone.addr, n.max(20)) {
+        Ok((first, each)) => {
+            rtt_row(
+                rep,
+                &format!("{label}: connect+echo, relay alone"),
+                Some(first),
+                rtt,
+                2,
+                None,
+            );
+            let limit = rtt + Duration::from_millis(1);
+            rep.row_of(
+                RTT_COLS,
+                &format!("{label}: echo, relay alone"),
+                [
+                    format!("{:.3}", each.as_secs_f64() / rtt.as_secs_f64()),
+                    "1".into(),
+                    format!("{:.2}", each.as_secs_f64() * 1e3),
+                ],
+                &format!("< {:.1} ms", limit.as_secs_f64() * 1e3),
+                Some(each < limit),
+            );
+        }
+        Err(e) => rep.note(format!("{label}: echo across the relay alone: {e}")),
+    }
+    // The same in bursts: what the relay adds when 32 connections come at
+    // once, as the bursts below bring them.
+    let mut all = Vec::new();
+    for _ in 0..o.bursts() {
+        all.extend(relay_burst(alone.addr));
+    }
+    let v = sorted_times(rep, &format!("{label}, relay alone, bursts"), all);
+    let p99 = (!v.is_empty()).then(|| quantile(&v, 0.99));
+    rtt_row(
+        rep,
+        &format!("{label}: relay alone, burst p99"),
+        p99,
+        rtt,
+        2,
+        None,
+    );
+    drop(alone);
+
+    let link = Helper::delay(server, rtt, None);
+    let pooled = websocks("agent", &agent_yaml_with(link.addr, ""));
+    let unpooled = websocks("agent", &agent_yaml(link.addr, 0));
+    // Each pooled connection is a connect and an upgrade, two round trips:
+    // the default pool of 2 refilled one after the other takes four (a
+    // pool that grows refills in parallel). The pauses leave room to spare.
+    let refill_one = 3 * rtt + Duration::from_millis(100);
+    let refill_all = 6 * rtt + Duration::from_millis(300);
+    thread::sleep(refill_all);
+
+    let v = (0..n)
+        .map(|_| {
+            let r = connect_reply(pooled.addr(), echo);
+            thread::sleep(refill_one);
+            r
+        })
+        .collect();
+    let v = sorted_times(rep, &format!("{label}, pooled"), v);
+    rtt_row(
+        rep,
+        &format!("{label}: CONNECT, pooled"),
+        v.get(v.len() / 2).copied(),
+        rtt,
+        1,
+        Some(1.1),
+    );
+
+    // Bursts against a fresh agent (its pool full at its default size),
+    // then again once the pool has refilled after the first burst (a pool
+    // that adapts to demand has grown by then).
+    let (mut first, mut again) = (Vec::new(), Vec::new());
+    for _ in 0..o.bursts() {
+        let fresh = websocks("agent", &agent_yaml_with(link.addr, ""));
+        thread::sleep(refill_all);
+        first.extend(burst(fresh.addr(), echo));
+        thread::sleep(refill_all);
+        again.extend(burst(fresh.addr(), echo));
+    }
+    burst_rows(
+        rep,
+        o,
+        &format!("{label}: CONNECT, burst"),
+        first,
+        rtt,
+        Some(2.25),
+    );
+    burst_rows(
+        rep,
+        o,
+        &format!("{label}: CONNECT, 2nd burst"),
+        again,
+        rtt,
+        None,
+    );
+
+    let v = (0..n)
+        .map(|_| connect_reply(unpooled.addr(), echo))
+        .collect();
+    let v = sorted_times(rep, &format!("{label}, unpooled"), v);
+    rtt_row(
+        rep,
+        &format!("{label}: CONNECT, unpooled"),
+        v.get(v.len() / 2).copied(),
+        rtt,
+        1,
+        Some(2.1),
+    );
+}
+
+/// Median and p99 (`max`: its target, in round trips) of the CONNECT
+/// times of [`Opts::bursts`] bursts; how many came from the pool (within
+/// 1.5 round trips) as a note.
+fn burst_rows(
+    rep: &mut Report,
+    o: &Opts,
+    name: &str,
+    times: Vec<io::Result<Duration>>,
+    rtt: Duration,
+    max: Option<f64>,
+) {
+    let v = sorted_times(rep, name, times);
+    let pooled = v.iter().filter(|&&t| t < rtt * 3 / 2).count();
+    rep.note(format!(
+        "{name}: {pooled} of {} in {} bursts of {BURST} within 1.5 RTT",
+        v.len(),
+        o.bursts()
+    ));
+    let at = |q| (!v.is_empty()).then(|| quantile(&v, q));
+    rtt_row(rep, &format!("{name} median"), at(0.5), rtt, 1, None);
+    rtt_row(rep, &format!("{name} p99"), at(0.99), rtt, 1, max);
+}
+
+/// Bulk across a link of round trip `rtt`, capped at [`CAP_MBIT`] and
+/// not: one stream through the tunnel against one direct connection
+/// across the same link (a delay relay in front of each destination).
+fn rtt_bulk(
+    rep: &mut Report,
+    o: &Opts,
+    label: &str,
+    server: SocketAddr,
+    dests: &Dests,
+    rtt: Duration,
+) {
+    for mbit in [Some(CAP_MBIT), None] {
+        let link = Helper::delay(server, rtt, mbit);
+        let to_source = Helper::delay(dests.source, rtt, mbit);
+        let to_sink = Helper::delay(dests.sink, rtt, mbit);
+        let across = dests.through(to_source.addr, to_sink.addr).settled(rtt);
+        let agent = websocks("agent", &agent_yaml_with(link.addr, ""));
+        thread::sleep(6 * rtt + Duration::from_millis(300)); // the pool fills
+        // Uncapped, the copying of four processes on shared cores is the
+        // bottleneck, and it varies: the median of a few rounds.
+        let (total, reps, what) = match mbit {
+            Some(m) => (o.capped_bulk(), 1, format!("{m} Mbit/s")),
+            None => (o.uncapped_bulk(), o.repeats(), "uncapped".into()),
+        };
+        // Where the link is the bottleneck, the tunnel should fill it.
+        let target = mbit.map(|_| 0.95);
+        for (dir, name) in [(Dir::Down, "down"), (Dir::Up, "up")] {
+            let (t, d, _, _) = pair_through(
+                dir,
+                1,
+                total,
+                Some(agent.addr()),
+                &across,
+                dests,
+                reps,
+                &|| 0,
+            );
+            rep.throughput(&format!("{label}, {what}: {name} (MiB/s)"), t, d, target);
         }
     }
 }

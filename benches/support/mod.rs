@@ -125,24 +125,30 @@ pub(crate) fn reply_rest(h: [u8; 4]) -> io::Result<Option<usize>> {
 pub(crate) fn open(via: Option<SocketAddr>, dest: SocketAddr) -> io::Result<TcpStream> {
     let mut s = try_connect(via.unwrap_or(dest), IO_TIMEOUT)?;
     if via.is_some() {
-        s.write_all(&socks_request(&Addr::Ip(dest)))?;
-        let mut m = [0u8; 2];
-        s.read_exact(&mut m)?;
-        check_method(m)?;
-        let mut h = [0u8; 4];
-        s.read_exact(&mut h)?;
-        let rest = match reply_rest(h)? {
-            Some(n) => n,
-            None => {
-                let mut l = [0u8; 1];
-                s.read_exact(&mut l)?;
-                l[0] as usize + 2
-            }
-        };
-        let mut r = vec![0u8; rest];
-        s.read_exact(&mut r)?;
+        socks_connect(&mut s, dest)?;
     }
     Ok(s)
+}
+
+/// Greeting and CONNECT to `dest` in one write on `s`, a connection to a
+/// SOCKS5 agent; returns past the whole reply, which must be a success.
+pub(crate) fn socks_connect(s: &mut TcpStream, dest: SocketAddr) -> io::Result<()> {
+    s.write_all(&socks_request(&Addr::Ip(dest)))?;
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m)?;
+    check_method(m)?;
+    let mut h = [0u8; 4];
+    s.read_exact(&mut h)?;
+    let rest = match reply_rest(h)? {
+        Some(n) => n,
+        None => {
+            let mut l = [0u8; 1];
+            s.read_exact(&mut l)?;
+            l[0] as usize + 2
+        }
+    };
+    let mut r = vec![0u8; rest];
+    s.read_exact(&mut r)
 }
 
 pub(crate) async fn timeout<T>(
@@ -261,10 +267,16 @@ pub(crate) fn serve_each(f: impl Fn(TcpStream) + Send + Sync + 'static) -> Socke
 
 /// An agent on loopback port 0 with one server and a pool of `pool`.
 pub(crate) fn agent_yaml(server: SocketAddr, pool: usize) -> String {
+    agent_yaml_with(server, &format!("  pool: {{size: {pool}}}\n"))
+}
+
+/// An agent on loopback port 0 with one server and `more` lines in its
+/// section (none: the default pool).
+pub(crate) fn agent_yaml_with(server: SocketAddr, more: &str) -> String {
     format!(
         "log_target: stderr\nlog_level: info\nagent:\n  socks5: {{listen: [\"127.0.0.1:0\"]}}\n  \
-         servers:\n    - {{name: s, url: \"ws://{server}/\", user: {USER}, password: {PASS}}}\n  \
-         pool: {{size: {pool}}}\n  max_connections: 30000\n  timeouts: {{idle: 3600s}}\n"
+         servers:\n    - {{name: s, url: \"ws://{server}/\", user: {USER}, password: {PASS}}}\n\
+         {more}  max_connections: 30000\n  timeouts: {{idle: 3600s}}\n"
     )
 }
 
