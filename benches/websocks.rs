@@ -1230,8 +1230,23 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
     if !(reset_peak(server_pid) && reset_peak(agent_pid)) {
         rep.note("could not reset VmHWM (clear_refs): the peak covers the whole phase".into());
     }
-    let (t, d, _, _) = pair(Dir::Down, 8, bulk, via, dests, reps, &agent_server_ticks);
-    rep.throughput("8 streams down (MiB/s)", t, d, Some(0.60));
+    let (t, d, ticks, _) = pair(Dir::Down, 8, bulk, via, dests, reps, &agent_server_ticks);
+    rep.throughput("8 streams down (MiB/s)", t.clone(), d, Some(0.60));
+    // The same bytes in 8 streams against one: how much more each byte
+    // costs the daemons when streams share their thread.
+    let cpu8 = ns_per_byte(ticks);
+    rep.row(
+        "CPU agent+server, 8 streams down (ns/byte)",
+        if t.is_ok() {
+            format!("{cpu8:.3}")
+        } else {
+            "error".into()
+        },
+        format!("{cpu_ns:.3}"),
+        format!("{:.2}x", cpu8 / cpu_ns.max(1e-9)),
+        "<= 1.3x 1 stream",
+        Some(t.is_ok() && cpu8 <= 1.3 * cpu_ns),
+    );
     let (t, d, _, _) = pair(Dir::Up, 8, bulk, via, dests, reps, &agent_server_ticks);
     rep.throughput("8 streams up (MiB/s)", t, d, Some(0.60));
     let peak_mib =
