@@ -681,12 +681,19 @@ pub(crate) fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
             .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))
             .map_err(StartError::Os)?;
     }
-    smol::block_on(ex.run(async {
-        let d = start(cfg, ls, &ex, threads)?;
-        serve_until_signal(&d, &mut signals).await;
-        drain(d, &mut signals).await;
-        Ok(())
-    }))
+    // A task of its own, not the future `block_on` polls: that one is
+    // polled again at every wake-up of this thread, and would ask the
+    // signal socket each time (a recvfrom per wake-up, EAGAIN).
+    let main = ex.spawn({
+        let ex = ex.clone();
+        async move {
+            let d = start(cfg, ls, &ex, threads)?;
+            serve_until_signal(&d, &mut signals).await;
+            drain(d, &mut signals).await;
+            Ok(())
+        }
+    });
+    smol::block_on(ex.run(main))
 }
 
 /// Puts each section's configuration in force, spawns an accept loop per
