@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt, future};
 
+use crate::deadline::{At, at};
 use crate::metrics::{Counter, Meter};
 use crate::proto::proxy::{Body, Scan};
 use crate::shutdown::{Shutdown, Stage};
@@ -570,7 +570,7 @@ pub(crate) async fn relay_up_to(
             )
         }
     };
-    let hold = (!t.hold.is_zero()).then(|| (Timer::after(t.hold), &up));
+    let hold = (!t.hold.is_zero()).then(|| (at(Instant::now() + t.hold), &up));
     let both = both_directions(a, b, &finished, &watch, hold);
     let watchdog = watchdog(&watch, &last, &finished, [&up_stall, &down_stall], epoch, t);
     let end = both
@@ -604,7 +604,7 @@ async fn both_directions(
     b: Dir<'_>,
     finished: &AtomicBool,
     watch: &Watch,
-    mut hold: Option<(Timer, &Tally<'_>)>,
+    mut hold: Option<(At, &Tally<'_>)>,
 ) -> End {
     let mut a = pin!(async {
         a.await.map_err(|(side, e)| match side {
@@ -688,10 +688,6 @@ async fn watchdog(
             (epoch.elapsed() + next).as_millis() as u64,
             Ordering::Relaxed,
         );
-        async {
-            Timer::after(next).await;
-        }
-        .or(woken)
-        .await;
+        at(Instant::now() + next).or(woken).await;
     }
 }
