@@ -121,6 +121,9 @@ pub(crate) async fn upgrade(
             .map_err(|e| UpError::Connect(io::Error::new(e.kind(), format!("TLS: {e}"))))?,
     };
     let mut c = Upgraded::new(stream, deadline);
+    // Nothing comes before our request: its answer is waited for, not
+    // asked for first.
+    c.drained = true;
     let mut raw = [0u8; 16];
     getrandom::fill(&mut raw).map_err(|e| UpError::Connect(io::Error::other(e.to_string())))?;
     let key = ws::key_from(raw);
