@@ -255,7 +255,7 @@ mod splice {
 
     use std::io::{self, Read, Write};
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::Instant;
 
     use async_io::Async;
@@ -275,6 +275,13 @@ mod splice {
         SpliceFlags::NONBLOCK | SpliceFlags::MOVE
     }
 
+    /// Moves bytes until `from` ends, then passes the FIN on, unless the
+    /// other direction (`done`) has finished already: the relay is over and
+    /// closing both sockets sends that FIN anyway.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one direction's state, passed down once"
+    )]
     pub(super) async fn pump(
         from: Sock,
         to: Sock,
@@ -283,8 +290,13 @@ mod splice {
         stall: &Stall<'_>,
         epoch: Instant,
         chunk: usize,
+        done: &AtomicBool,
     ) -> Result<(), (Side, io::Error)> {
         loop {
+            // Wait first: at the start nothing is usually there yet (the
+            // handshake read what the peer had sent), and after a burst the
+            // socket was drained. Bytes already there make it ready at once.
+            from.readable().await.map_err(|e| (Side::Reader, e))?;
             // Held only while bytes move; an idle direction holds no pipe.
             let pipe = take_pipe().map_err(|e| (Side::Reader, e))?;
             // Move data until the socket has none, then wait for more.
@@ -292,7 +304,9 @@ mod splice {
                 let n = match splice(from.get_ref(), None, &pipe.1, None, chunk, flags()) {
                     Ok(0) => {
                         // EOF: pass the FIN on; the other direction goes on.
-                        let _ = to.get_ref().shutdown(std::net::Shutdown::Write);
+                        if !done.load(Ordering::Relaxed) {
+                            let _ = to.get_ref().shutdown(std::net::Shutdown::Write);
+                        }
                         give_pipe(pipe);
                         count.flush();
                         return Ok(());
@@ -331,7 +345,6 @@ mod splice {
             give_pipe(pipe);
             // Once per wake-up, not per splice: the shared counters.
             count.flush();
-            from.readable().await.map_err(|e| (Side::Reader, e))?;
         }
     }
 
@@ -557,8 +570,18 @@ pub(crate) async fn relay_up_to(
                     &up_stall,
                     epoch,
                     chunk,
+                    &finished,
                 )),
-                Box::pin(splice::pump(d, c, &down, &last, &down_stall, epoch, chunk)),
+                Box::pin(splice::pump(
+                    d,
+                    c,
+                    &down,
+                    &last,
+                    &down_stall,
+                    epoch,
+                    chunk,
+                    &finished,
+                )),
             )
         }
         (client, dest, None) => {
