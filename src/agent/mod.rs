@@ -343,8 +343,9 @@ pub(crate) async fn serve(
     // The handshake's state is boxed and freed before the relay, so an idle
     // tunnel's task stays small.
     // A tunnel cut short resets the client (set in the relay): no
-    // graceful FIN after it, or the cut would look like a clean end.
-    let mut truncated = false;
+    // graceful FIN after it, or the cut would look like a clean end. One
+    // that closed both ways has nothing left to say or hear.
+    let mut over = false;
     let opened = match kind {
         Kind::Socks5 => Box::pin(socks_session(&mut local, &st, &mut dest, &mut route)).await,
         _ => Box::pin(http_session(&mut local, &st, &mut dest, &mut route)).await,
@@ -392,7 +393,7 @@ pub(crate) async fn serve(
             let t = finish(&mut local, r, limits, to_remote, framing, &stop).await;
             drop(tunnel);
             metrics::AGENT.ended.at(t.end.label()).inc();
-            truncated = t.end.truncated();
+            over = t.end.truncated() || t.end == relay::End::Closed;
             let secs = start.elapsed().as_secs_f64();
             log::info!(
                 "agent peer={peer} via={via} dst={dst} route={route} up={} down={} duration={secs:.3}s end={}",
@@ -418,7 +419,7 @@ pub(crate) async fn serve(
             }
         }
     }
-    if truncated {
+    if over {
         return;
     }
     let mut stream = stream;
