@@ -59,24 +59,15 @@ pub(crate) struct Limits {
     /// kernel's autotuning decides). Bounds the receive buffer of each leg
     /// (SO_RCVBUF), unsent bytes in each send buffer (TCP_NOTSENT_LOWAT)
     /// and what one splice moves into a pipe, so a side that stops reading
-    /// pins at most about this much per direction.
+    /// pins at most about this much per direction. The legs come bounded
+    /// (`dial::bound`: the destination when dialled, the client by its
+    /// listener or at the CONNECT); the relay sizes its splices by it.
     pub buffer: usize,
     /// How long destination-to-client bytes wait, at most, for the
     /// client's first byte (or its end) before they flow; zero: no wait.
     /// Keeps a destination's banner out of the client's read of the
     /// SOCKS5 reply (see `server.banner_hold`).
     pub hold: Duration,
-}
-
-/// Applies [`Limits::buffer`] to one leg.
-fn bound(s: &async_net::TcpStream, bytes: usize) {
-    if bytes == 0 {
-        return;
-    }
-    let r = socket2::SockRef::from(s);
-    // The kernel doubles SO_RCVBUF for its bookkeeping: ask for half.
-    let _ = r.set_recv_buffer_size(bytes / 2);
-    let _ = r.set_tcp_notsent_lowat((bytes / 4) as u32);
 }
 
 /// Once one direction has finished, a blocked write in the other is all
@@ -542,8 +533,6 @@ pub(crate) async fn relay_up_to(
     let (up_stall, down_stall) = (Stall::new(&watch), Stall::new(&watch));
     // Kept to reset both sides if the tunnel is cut short.
     let (client_tcp, dest_tcp) = (client.tcp().clone(), dest.tcp().clone());
-    bound(&client_tcp, t.buffer);
-    bound(&dest_tcp, t.buffer);
     let chunk = match t.buffer {
         0 => splice::CHUNK,
         b => (b / 4).clamp(16 * 1024, splice::CHUNK),

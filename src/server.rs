@@ -14,7 +14,7 @@ use futures_lite::{AsyncWriteExt, FutureExt};
 use crate::admission::Handshaking;
 use crate::config::{ReplyAddress, Secret, Server};
 use crate::deadline::timeout;
-use crate::dial::{Asker, DialError, dial};
+use crate::dial::{self, Asker, DialError, Inherited, dial};
 use crate::metrics::{self, Held, Meter};
 use crate::proto::http::{self, HeadError};
 use crate::proto::socks5::{self, Addr, Reply, SocksError};
@@ -275,17 +275,19 @@ impl std::fmt::Display for Waited {
 /// Serves one accepted connection to the end and logs one line: TLS first
 /// when configured, then the handshake, then the relay. `admitted` is its
 /// place in the handshake budget, given up once it has authenticated;
-/// `stop` ends it early when the daemon stops (see [`Stage`]).
+/// `stop` ends it early when the daemon stops (see [`Stage`]); `has` is
+/// what it inherited from its listener.
 pub(crate) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
+    has: Inherited,
     current: Arc<Current>,
     mut admitted: Handshaking,
     stop: Shutdown,
 ) {
     let start = Instant::now();
     let cfg = current.get();
-    crate::dial::tune(&tcp, peer);
+    dial::tune(&tcp, peer, has);
     let deadline = start + cfg.timeouts.handshake;
     let stream = match &cfg.tls {
         None => Stream::Plain(tcp),
@@ -332,7 +334,15 @@ pub(crate) async fn serve(
     ))
     .await
     {
-        Ok(Granted::Tunnel(dest, t)) => Ok(tunnel(c, dest, t, &stop, &mut rec).await),
+        Ok(Granted::Tunnel(dest, t)) => {
+            // The bound in force at the CONNECT, unless the client's leg
+            // has it from its listener (a reload may have changed it
+            // since; one to 0 cannot lift a bound already inherited).
+            if t.buffer != has.buffer {
+                dial::bound(c.stream.tcp(), t.buffer);
+            }
+            Ok(tunnel(c, dest, t, &stop, &mut rec).await)
+        }
         Ok(Granted::Health) => {
             metrics::SERVER.health_checks.inc();
             let mut ok = Vec::new();
@@ -646,6 +656,7 @@ async fn connect(
         &cfg.acl,
         cfg.timeouts.connect,
         Asker::User(&grant.user),
+        cfg.tunnel_buffer,
     )
     .await
     .map_err(Failure::Dial)?;

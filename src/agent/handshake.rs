@@ -103,7 +103,7 @@ pub(crate) async fn upgrade(
     // The same connect as everywhere: every resolved address in turn,
     // each with its share of the deadline, TCP_NODELAY set.
     let target = Addr::Domain(url.host.as_bytes().to_vec(), url.port);
-    let tcp = crate::dial::dial(&target, &Acl::any(), limit, Asker::Agent)
+    let tcp = crate::dial::dial(&target, &Acl::any(), limit, Asker::Agent, 0)
         .await
         .map_err(|e| match e {
             // The deadline passing during the lookup is still a timeout

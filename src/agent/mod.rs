@@ -140,7 +140,7 @@ async fn reach_as_routed(st: &State, dest: &Addr, route: &mut String) -> Result<
         }
         Action::Direct => {
             *route = "direct".into();
-            let remote = dial::dial(dest, &Acl::any(), timeout, dial::Asker::Agent)
+            let remote = dial::dial(dest, &Acl::any(), timeout, dial::Asker::Agent, 0)
                 .await
                 .map_err(Refusal::Direct)?;
             let bound = Addr::Ip(remote.local_addr().unwrap_or(socks5::UNSPECIFIED));
@@ -315,16 +315,18 @@ impl From<Gone> for Reject {
 }
 
 /// Serves one accepted local connection to the end and logs one line; its
-/// relay is cut when `stop` says so.
+/// relay is cut when `stop` says so. `has` is what it inherited from its
+/// listener.
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
+    has: dial::Inherited,
     kind: Kind,
     st: Arc<State>,
     stop: Shutdown,
 ) {
     let start = Instant::now();
-    crate::dial::tune(&stream, peer);
+    dial::tune(&stream, peer, has);
     let mut local = Local::new(stream.clone(), start + st.cfg.timeouts.handshake);
     let kind = match kind {
         Kind::Mixed => match local.more().await {
