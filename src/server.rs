@@ -380,9 +380,13 @@ pub(crate) async fn serve(
                 level,
                 "peer={peer} user={user} dst={dest} up=0 down=0 waited={waited} duration={secs:.3}s end=rejected: {why}"
             );
+            // Anything the handshake still owes goes first, in the same
+            // write.
+            let mut last = std::mem::take(&mut c.owed);
+            last.extend_from_slice(&bytes);
             Box::pin(close_gracefully(
                 &mut c.stream,
-                &bytes,
+                &last,
                 Duration::from_secs(2),
             ))
             .await;
@@ -499,8 +503,7 @@ async fn handshake(
     c.deadline = Instant::now() + cfg.timeouts.handshake;
 
     // 4. SOCKS5 greeting: no authentication (the upgrade authenticated).
-    // Owed: frame and method choice not sent yet, to go with the reply.
-    let mut owed = greet(c, up.data_with_reply).await?;
+    greet(c, up.data_with_reply).await?;
 
     // 5. The request.
     let req = c.next(socks5::parse_request, Failure::Request).await?;
@@ -512,21 +515,11 @@ async fn handshake(
     }
     rec.dest = Some(req.addr.clone());
     if req.cmd != socks5::CMD_CONNECT {
-        pay(c, &mut owed).await?;
         return Err(Failure::Command(req.cmd));
     }
 
     // 6. Connect, and only then answer.
-    connect(c, current, &req.addr, &grant, up.data_with_reply, owed).await
-}
-
-/// Sends what the handshake owes the client, if anything.
-async fn pay(c: &mut Conn, owed: &mut Vec<u8>) -> Result<(), Failure> {
-    if !owed.is_empty() {
-        c.send(owed).await?;
-        owed.clear();
-    }
-    Ok(())
+    connect(c, current, &req.addr, &grant, up.data_with_reply).await
 }
 
 /// Who a connection authenticated as, and the digest that let it in (a
@@ -621,9 +614,9 @@ async fn wait_for_frame(
 /// already here, as the reference does), then takes the greeting: no
 /// authentication, since the upgrade authenticated. To a client that takes
 /// data behind the reply (`together`: ours), whose request is already here
-/// too, frame and choice are owed instead, returned unsent: they may go
-/// with the reply in one write (see [`connect`]).
-async fn greet(c: &mut Conn, together: bool) -> Result<Vec<u8>, Failure> {
+/// too, frame and choice are owed instead: they may go with the answer to
+/// the request in one write (see [`connect`]).
+async fn greet(c: &mut Conn, together: bool) -> Result<(), Failure> {
     let mut out = Vec::with_capacity(32);
     out.extend_from_slice(&ws::FRAME);
     if matches!(socks5::parse_greeting(&c.buf), Ok(Parse::Incomplete)) {
@@ -646,16 +639,17 @@ async fn greet(c: &mut Conn, together: bool) -> Result<Vec<u8>, Failure> {
     }
     socks5::write_choice(&mut out, socks5::METHOD_NO_AUTH);
     if together && matches!(socks5::parse_request(&c.buf), Ok(Parse::Done(..))) {
-        return Ok(out);
+        c.owed = out;
+        return Ok(());
     }
     c.send(&out).await?;
-    Ok(Vec::new())
+    Ok(())
 }
 
 /// Connects to `addr` and only then answers, under the configuration in
 /// force now: the grant must still hold, and its policy is today's. A name
 /// is looked up in one of this user's lookup slots, so one user's hanging
-/// DNS cannot take them all. What the greeting `owed` goes with the reply
+/// DNS cannot take them all. What the greeting owes goes with the answer
 /// when the connect is done at once (loopback), else out before the wait:
 /// a client bounds its wait for frame and choice more tightly than for the
 /// reply (the agent's `timeouts.connect`).
@@ -665,11 +659,9 @@ async fn connect(
     addr: &Addr,
     grant: &Grant,
     data_with_reply: bool,
-    mut owed: Vec<u8>,
 ) -> Result<Granted, Failure> {
     let cfg = current.get();
     if !cfg.users.grants(&grant.user, &grant.digest) {
-        pay(c, &mut owed).await?;
         return Err(Failure::Revoked(true));
     }
     let began = Instant::now();
@@ -683,17 +675,11 @@ async fn connect(
     let dialled = match futures_lite::future::poll_once(&mut dialing).await {
         Some(r) => r,
         None => {
-            pay(c, &mut owed).await?;
+            c.pay().await?;
             dialing.await
         }
     };
-    let dest = match dialled {
-        Ok(d) => d,
-        Err(e) => {
-            pay(c, &mut owed).await?;
-            return Err(Failure::Dial(e));
-        }
-    };
+    let dest = dialled.map_err(Failure::Dial)?;
     metrics::SERVER.connect.observe(began.elapsed());
     let bound = match cfg.reply_address {
         ReplyAddress::Hidden => SocketAddr::new(socks5::UNSPECIFIED.ip(), addr.port()),
@@ -703,7 +689,7 @@ async fn connect(
     // they are owed); the relay then holds the destination's first bytes
     // for `banner_hold` unless the client speaks first or takes data
     // behind the reply.
-    let mut out = owed;
+    let mut out = Vec::with_capacity(32);
     socks5::write_reply(&mut out, Reply::Succeeded, &Addr::Ip(bound));
     c.deadline = Instant::now() + cfg.timeouts.handshake;
     c.send(&out).await?;

@@ -82,6 +82,9 @@ pub(crate) struct Wire<S> {
     /// readiness first instead of asking again for an EAGAIN. Bytes that
     /// came meanwhile make the socket ready at once.
     pub drained: bool,
+    /// Bytes owed to the peer, held back to go out in the same write as
+    /// the next [`send`](Wire::send) (or alone, by [`pay`](Wire::pay)).
+    pub owed: Vec<u8>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Socket + Unpin> Wire<S> {
@@ -91,6 +94,7 @@ impl<S: AsyncRead + AsyncWrite + Socket + Unpin> Wire<S> {
             buf: Vec::new(),
             deadline,
             drained: false,
+            owed: Vec::new(),
         }
     }
 
@@ -111,6 +115,7 @@ impl<S: AsyncRead + AsyncWrite + Socket + Unpin> Wire<S> {
             buf,
             deadline,
             drained,
+            ..
         } = self;
         let len = buf.len();
         buf.resize(len + READ, 0);
@@ -157,8 +162,25 @@ impl<S: AsyncRead + AsyncWrite + Socket + Unpin> Wire<S> {
         }
     }
 
-    /// Writes `bytes` before the deadline.
+    /// Writes what is owed and `bytes`, in one write, before the deadline.
     pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<(), Gone> {
+        if !self.owed.is_empty() {
+            let mut all = std::mem::take(&mut self.owed);
+            all.extend_from_slice(bytes);
+            return self.write(&all).await;
+        }
+        self.write(bytes).await
+    }
+
+    /// Writes what is owed, if anything.
+    pub(crate) async fn pay(&mut self) -> Result<(), Gone> {
+        match self.owed.is_empty() {
+            true => Ok(()),
+            false => self.send(&[]).await,
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Gone> {
         let stream = &mut self.stream;
         let sent = async {
             stream.write_all(bytes).await?;

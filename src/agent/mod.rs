@@ -23,10 +23,10 @@ use crate::acl::Acl;
 use crate::config::agent::{Action, Agent};
 use crate::dial::{self, DialError};
 use crate::metrics;
-use crate::proto::auth;
 use crate::proto::http::{self, HeadError};
 use crate::proto::proxy::{self, Body, Framing, FramingError, ProxyError, ProxyRequest, Scan};
 use crate::proto::socks5::{self, Addr, Reply, SocksError};
+use crate::proto::{Parse, auth};
 use crate::relay;
 use crate::shutdown::Shutdown;
 use crate::tls::Stream;
@@ -535,7 +535,14 @@ async fn socks_session(
     }
     let mut out = Vec::new();
     socks5::write_choice(&mut out, method);
-    local.send(&out).await?;
+    if st.cfg.users.is_none() && matches!(socks5::parse_request(&local.buf), Ok(Parse::Done(..))) {
+        // A client that sent its request with its greeting waits for the
+        // reply, not the choice: the choice goes in the reply's write (or
+        // the refusal's).
+        local.owed = std::mem::take(&mut out);
+    } else {
+        local.send(&out).await?;
+    }
     if let Some(users) = &st.cfg.users {
         let up = local
             .next(socks5::parse_user_pass, |_| Reject::BadLogin)
