@@ -10,8 +10,10 @@
 # reply, one byte echoed, close. Two passes of N tunnels, after 20 to warm
 # up:
 #
-#   1. untraced: wall time and the CPU both daemons used (utime + stime
-#      from /proc/PID/stat, all threads), per tunnel;
+#   1. untraced: wall time and the CPU both daemons used per tunnel: utime
+#      + stime from /proc/PID/stat (all threads; in clock ticks, 10 ms
+#      each here, so take N of a few thousand), and the same from
+#      /proc/PID/task/*/schedstat (nanoseconds);
 #   2. under `strace -c -f` attached to both daemons: every system call of
 #      every thread, per tunnel, by call. With one tunnel at a time this is
 #      a deterministic figure even on a noisy machine (timing is not);
@@ -130,10 +132,12 @@ python3 client.py "$AP" "$EP" 20 >/dev/null
 
 # utime + stime of a process, all threads, in clock ticks.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Time on a CPU of a process's threads, in ns.
+ns() { cat /proc/"$1"/task/*/schedstat | awk '{t += $1} END {printf "%d", t}'; }
 HZ=$(getconf CLK_TCK)
-s0=$(ticks $S); a0=$(ticks $A)
+s0=$(ticks $S); a0=$(ticks $A); sn0=$(ns $S); an0=$(ns $A)
 us=$(python3 client.py "$AP" "$EP" "$N")
-s1=$(ticks $S); a1=$(ticks $A)
+s1=$(ticks $S); a1=$(ticks $A); sn1=$(ns $S); an1=$(ns $A)
 
 strace -c -f -p "$S" -o s.strace 2>/dev/null & TS=$!
 strace -c -f -p "$A" -o a.strace 2>/dev/null & TA=$!
@@ -145,9 +149,13 @@ kill -INT $TS $TA
 wait $TS $TA 2>/dev/null || true
 
 echo "$N tunnels, pool $POOL, $(basename "$BIN")"
-awk -v n="$N" -v hz="$HZ" -v s="$((s1 - s0))" -v a="$((a1 - a0))" -v us="$us" 'BEGIN {
-    printf "untraced: %s us per tunnel (wall, one at a time); CPU per tunnel: server %.0f us, agent %.0f us, both %.0f us\n",
-        us, s / hz / n * 1e6, a / hz / n * 1e6, (s + a) / hz / n * 1e6 }'
+awk -v n="$N" -v hz="$HZ" -v s="$((s1 - s0))" -v a="$((a1 - a0))" -v us="$us" \
+    -v sn="$((sn1 - sn0))" -v an="$((an1 - an0))" 'BEGIN {
+    printf "untraced: %s us per tunnel (wall, one at a time)\n", us
+    printf "CPU per tunnel, stat: server %.0f us, agent %.0f us, both %.0f us\n",
+        s / hz / n * 1e6, a / hz / n * 1e6, (s + a) / hz / n * 1e6
+    printf "CPU per tunnel, schedstat: server %.1f us, agent %.1f us, both %.1f us\n",
+        sn / n / 1e3, an / n / 1e3, (sn + an) / n / 1e3 }'
 # strace -c: "% time  seconds  usecs/call  calls  [errors]  syscall"; the
 # calls are field 4 on every row, the total's included.
 for w in server agent; do
