@@ -4,13 +4,14 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
-use async_net::{TcpListener, TcpStream};
+use async_io::{Async, Timer};
+use async_net::TcpStream;
 use async_signal::{Signal, Signals};
 use futures_lite::{FutureExt, StreamExt};
 use smol::{Executor, Task};
@@ -18,6 +19,7 @@ use smol::{Executor, Task};
 use crate::admission::{Handshakes, Handshaking, Slots};
 use crate::config::agent::Agent;
 use crate::config::{self, Config};
+use crate::dial::{self, Inherited};
 use crate::log::NOTICE;
 use crate::shutdown::{Shutdown, Stage};
 use crate::systemd::{self, Activated};
@@ -202,12 +204,13 @@ impl Session {
         self,
         stream: TcpStream,
         peer: SocketAddr,
+        has: Inherited,
         admitted: Handshaking,
         stop: Shutdown,
     ) {
         match self {
-            Session::Server(cur) => server::serve(stream, peer, cur, admitted, stop).await,
-            Session::Agent(kind, st) => agent::serve(stream, peer, kind, st, stop).await,
+            Session::Server(cur) => server::serve(stream, peer, has, cur, admitted, stop).await,
+            Session::Agent(kind, st) => agent::serve(stream, peer, has, kind, st, stop).await,
             Session::Metrics(live) => {
                 let cfg = live
                     .metrics
@@ -251,29 +254,66 @@ fn unmapped(peer: SocketAddr) -> SocketAddr {
 
 /// Accepts on `listener` until `stop` reaches [`Stage::Closed`], one task
 /// per connection, each handed `stop`. The peer is handed on unmapped (see
-/// [`unmapped`]) to every log line.
+/// [`unmapped`]) to every log line. `from` is what the listener passes on
+/// to its connections, and whether systemd passed it.
 async fn accept_loop(
     ex: Arc<Executor<'static>>,
-    listener: TcpListener,
+    listener: Async<std::net::TcpListener>,
+    from: (Inherited, bool),
     service: Service,
     slots: Arc<Slots>,
     handshakes: Arc<Handshakes>,
     stop: Shutdown,
 ) {
     stop.until(Stage::Closed)
-        .or(accept_each(ex, listener, service, slots, handshakes, &stop))
+        .or(accept_each(
+            ex, listener, from, service, slots, handshakes, &stop,
+        ))
         .await;
+}
+
+/// The next connection on `l`, non-blocking from accept4(2) on (no
+/// fcntl after it). `empty` is set once the listener's queue was found
+/// empty.
+async fn accept(
+    l: &Async<std::net::TcpListener>,
+    empty: &mut bool,
+) -> io::Result<(TcpStream, SocketAddr)> {
+    use rustix::net::{SocketFlags, acceptfrom_with};
+    loop {
+        match acceptfrom_with(l.get_ref(), SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+            Ok((fd, addr)) => {
+                let peer = addr
+                    .and_then(|a| SocketAddr::try_from(a).ok())
+                    .ok_or_else(|| io::Error::other("accepted a peer without an IP address"))?;
+                let s = Async::new_nonblocking(std::net::TcpStream::from(fd))?;
+                return Ok((TcpStream::from(s), peer));
+            }
+            Err(rustix::io::Errno::AGAIN) => {
+                *empty = true;
+                l.readable().await?;
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// [`accept_loop`]'s loop.
 async fn accept_each(
     ex: Arc<Executor<'static>>,
-    listener: TcpListener,
+    listener: Async<std::net::TcpListener>,
+    (has, from_systemd): (Inherited, bool),
     service: Service,
     slots: Arc<Slots>,
     handshakes: Arc<Handshakes>,
     stop: &Shutdown,
 ) {
+    // Connections a socket-activated daemon finds queued were made before
+    // it set the listener's options, and inherited none. The queue is
+    // first come, first served: once it has been found empty, every later
+    // connection was made after.
+    let mut empty = !from_systemd;
     let mut refused_logged = Instant::now() - Duration::from_secs(60);
     // Refusals are logged at most once a second, with how many since.
     let mut refused = 0usize;
@@ -290,7 +330,7 @@ async fn accept_each(
     // Checked before each accept too: a flood of connections, each ready
     // at once, must not keep the listener open past the stop.
     while !stop.reached(Stage::Closed) {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, peer) = match accept(&listener, &mut empty).await {
             Ok((s, peer)) => (s, unmapped(peer)),
             Err(e) => {
                 if is_resource_error(&e) {
@@ -323,19 +363,22 @@ async fn accept_each(
         };
         session.count(false);
         let stop = stop.clone();
+        let has = if empty { has } else { Inherited::NONE };
         ex.spawn(async move {
             let _slot = slot;
-            session.serve(stream, peer, admitted, stop).await
+            session.serve(stream, peer, has, admitted, stop).await
         })
         .detach();
     }
 }
 
-/// One listening socket and what it serves.
+/// One listening socket, what it serves, and what its connections
+/// inherit from it.
 struct Listener {
     role: Role,
     socket: std::net::TcpListener,
     from_systemd: bool,
+    has: Inherited,
 }
 
 /// The systemd socket name for each role (`FileDescriptorName=`).
@@ -366,21 +409,39 @@ fn listeners(cfg: &Config, act: &mut Activated) -> Result<Vec<Listener>, StartEr
     }
     let mut out = Vec::new();
     for (role, addrs) in wanted {
+        // Connections of a tunnel's legs get their socket options from
+        // their listener (see `dial::Inherited`); metrics scrapes none.
+        let tune = match role {
+            Role::Server => cfg.server.as_ref().map(|s| s.tunnel_buffer),
+            Role::Agent(_) => Some(0),
+            Role::Metrics => None,
+        };
+        let inherit = |socket: &std::os::fd::BorrowedFd<'_>, addr| match tune {
+            Some(buffer) => dial::tune_listener(socket, addr, buffer),
+            None => Inherited::NONE,
+        };
         let passed = act.take(socket_name(role));
         if !passed.is_empty() {
             let got: Vec<SocketAddr> = passed.iter().filter_map(|s| s.local_addr().ok()).collect();
             if let Some(line) = listen_mismatch(role, &got, &addrs) {
                 log::info!(target: NOTICE, "{line}");
             }
-            out.extend(passed.into_iter().map(|socket| Listener {
-                role,
-                socket,
-                from_systemd: true,
-            }));
+            for socket in passed {
+                let has = match socket.local_addr() {
+                    Ok(addr) => inherit(&socket.as_fd(), addr),
+                    Err(_) => Inherited::NONE,
+                };
+                out.push(Listener {
+                    role,
+                    socket,
+                    from_systemd: true,
+                    has,
+                });
+            }
             continue;
         }
         for a in addrs {
-            let socket = bind(a).map_err(|e| {
+            let (socket, has) = bind(a, inherit).map_err(|e| {
                 StartError::Os(io::Error::new(
                     e.kind(),
                     format!("cannot listen on {a}: {e}"),
@@ -390,6 +451,7 @@ fn listeners(cfg: &Config, act: &mut Activated) -> Result<Vec<Listener>, StartEr
                 role,
                 socket,
                 from_systemd: false,
+                has,
             });
         }
     }
@@ -432,8 +494,12 @@ fn listeners(cfg: &Config, act: &mut Activated) -> Result<Vec<Listener>, StartEr
 }
 
 /// Binds `addr` the way a daemon should: SO_REUSEADDR, IPv6 sockets
-/// dual-stack unless the address is a specific one, non-blocking.
-fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// dual-stack unless the address is a specific one, non-blocking; `inherit`
+/// sets what its connections inherit, before any can be made.
+fn bind(
+    addr: SocketAddr,
+    inherit: impl Fn(&std::os::fd::BorrowedFd<'_>, SocketAddr) -> Inherited,
+) -> io::Result<(std::net::TcpListener, Inherited)> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     sock.set_reuse_address(true)?;
@@ -442,9 +508,10 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         sock.set_only_v6(!addr.ip().is_unspecified())?;
     }
     sock.bind(&addr.into())?;
+    let has = inherit(&sock.as_fd(), addr);
     sock.listen(1024)?;
     sock.set_nonblocking(true)?;
-    Ok(sock.into())
+    Ok((sock.into(), has))
 }
 
 /// When systemd's sockets for `role` are not the addresses its `listen`
@@ -681,12 +748,19 @@ pub(crate) fn run(cfg: Config, mut act: Activated) -> Result<(), StartError> {
             .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))
             .map_err(StartError::Os)?;
     }
-    smol::block_on(ex.run(async {
-        let d = start(cfg, ls, &ex, threads)?;
-        serve_until_signal(&d, &mut signals).await;
-        drain(d, &mut signals).await;
-        Ok(())
-    }))
+    // A task of its own, not the future `block_on` polls: that one is
+    // polled again at every wake-up of this thread, and would ask the
+    // signal socket each time (a recvfrom per wake-up, EAGAIN).
+    let main = ex.spawn({
+        let ex = ex.clone();
+        async move {
+            let d = start(cfg, ls, &ex, threads)?;
+            serve_until_signal(&d, &mut signals).await;
+            drain(d, &mut signals).await;
+            Ok(())
+        }
+    });
+    smol::block_on(ex.run(main))
 }
 
 /// Puts each section's configuration in force, spawns an accept loop per
@@ -737,13 +811,15 @@ fn start(
             Role::Agent(_) => &slots[1],
             Role::Metrics => &scrapes,
         };
-        let listener = TcpListener::try_from(l.socket).map_err(StartError::Os)?;
         let Some(service) = live.service(l.role) else {
             continue;
         };
+        let from = (l.has, l.from_systemd);
+        let listener = Async::new(l.socket).map_err(StartError::Os)?;
         loops.push(ex.spawn(accept_loop(
             ex.clone(),
             listener,
+            from,
             service,
             slots.clone(),
             handshakes.clone(),

@@ -5,9 +5,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsFd;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use async_io::Async;
 use async_net::TcpStream;
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 
@@ -279,13 +281,14 @@ pub(crate) async fn resolve(
 }
 
 /// Connects to `addr` within `limit`, trying each resolved address the ACL
-/// permits, and [`tune`]s the connection. A name is looked up in one of
-/// `who`'s slots (see [`resolve`]).
+/// permits, the connection [`tune`]d and [`bound`] to `buffer` (0: no
+/// bound). A name is looked up in one of `who`'s slots (see [`resolve`]).
 pub(crate) async fn dial(
     addr: &Addr,
     acl: &Acl,
     limit: Duration,
     who: Asker<'_>,
+    buffer: usize,
 ) -> Result<TcpStream, DialError> {
     let deadline = Instant::now() + limit;
     let all = resolve(addr, who, deadline).await?;
@@ -306,17 +309,14 @@ pub(crate) async fn dial(
             let left = deadline.saturating_duration_since(Instant::now());
             let share = (left / (n - i) as u32).max(left.min(Duration::from_secs(2)));
             let tried = if i + 1 == n {
-                TcpStream::connect(sa).await
+                connect(sa, buffer).await
             } else {
-                timeout(Instant::now() + share, TcpStream::connect(sa))
+                timeout(Instant::now() + share, connect(sa, buffer))
                     .await
                     .unwrap_or_else(|late| Err(late.into()))
             };
             match tried {
-                Ok(s) => {
-                    tune(&s, sa);
-                    return Ok(s);
-                }
+                Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }
         }
@@ -329,19 +329,108 @@ pub(crate) async fn dial(
         .unwrap_or(Err(DialError::Timeout))
 }
 
-/// Socket options for every leg, accepted or dialled: `TCP_NODELAY` (the
-/// tunnel forwards what it is given at once) and, on a loopback leg of a
-/// host whose default congestion control is BBR, reno. BBR paces every
-/// send with a timer, which on loopback (nothing to congest) only costs:
-/// measured on a 2-core VM, a loopback transfer with BBR took twice the CPU
-/// per byte of the same transfer with reno, and three loopback legs in a
-/// row halved a tunnel's throughput. Reno is built into every kernel and
-/// open to unprivileged processes; a failure leaves the default in place.
-pub(crate) fn tune(s: &TcpStream, peer: SocketAddr) {
-    let _ = s.set_nodelay(true);
-    if canonical(peer.ip()).is_loopback() && default_paces() {
-        let _ = socket2::SockRef::from(s).set_tcp_congestion(b"reno");
+/// Connects to `sa`, the leg's options ([`tune`], [`bound`]) set before the
+/// SYN. A connect that is complete when connect(2) returns (on loopback it
+/// is: the kernel runs the handshake before returning) is taken as it is,
+/// without a round through the reactor for its writability.
+async fn connect(sa: SocketAddr, buffer: usize) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    // Non-blocking from the start; socket2 adds SOCK_CLOEXEC.
+    let s = Socket::new(
+        Domain::for_address(sa),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    tune(&s, sa, Inherited::NONE);
+    bound(&s, buffer);
+    match s.connect(&sa.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
+        Err(e) => return Err(e),
     }
+    let done = s.peer_addr().is_ok();
+    let s = Async::new_nonblocking(std::net::TcpStream::from(s))?;
+    if !done {
+        // Writable once connected or failed; SO_ERROR says which.
+        s.writable().await?;
+        if let Some(e) = s.get_ref().take_error()? {
+            return Err(e);
+        }
+    }
+    Ok(TcpStream::from(s))
+}
+
+/// What a listening socket passes on to the connections it accepts: Linux
+/// copies TCP_NODELAY, the congestion control, SO_RCVBUF (and its lock)
+/// and TCP_NOTSENT_LOWAT from the listener to each connection it creates,
+/// so options set there once cost nothing per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Inherited {
+    pub nodelay: bool,
+    /// Reno, set on a loopback listener of a host that paces (every peer
+    /// of such a listener is on loopback).
+    pub reno: bool,
+    /// The [`bound`] in bytes; 0: none.
+    pub buffer: usize,
+}
+
+impl Inherited {
+    /// Nothing: every option is set on the connection itself.
+    pub(crate) const NONE: Inherited = Inherited {
+        nodelay: false,
+        reno: false,
+        buffer: 0,
+    };
+}
+
+/// Sets on the listening socket `l`, bound to `addr`, what [`tune`] and
+/// [`bound`] (to `buffer`) would set on each connection, so that its
+/// connections inherit them; says what was set. Connections already
+/// established when this runs (queued before a socket-activated daemon
+/// started) inherit nothing: see `daemon::accept_each`.
+pub(crate) fn tune_listener(l: &impl AsFd, addr: SocketAddr, buffer: usize) -> Inherited {
+    let s = socket2::SockRef::from(l);
+    Inherited {
+        nodelay: s.set_tcp_nodelay(true).is_ok(),
+        reno: canonical(addr.ip()).is_loopback()
+            && default_paces()
+            && s.set_tcp_congestion(b"reno").is_ok(),
+        buffer: if bound(l, buffer) { buffer } else { 0 },
+    }
+}
+
+/// Socket options for every leg, accepted or dialled, less what the leg
+/// inherited from its listener: `TCP_NODELAY` (the tunnel forwards what
+/// it is given at once) and, on a loopback leg of a host whose default
+/// congestion control is BBR, reno. BBR paces every send with a timer,
+/// which on loopback (nothing to congest) only costs: measured on a 2-core
+/// VM, a loopback transfer with BBR took twice the CPU per byte of the same
+/// transfer with reno, and three loopback legs in a row halved a tunnel's
+/// throughput. Reno is built into every kernel and open to unprivileged
+/// processes; a failure leaves the default in place.
+pub(crate) fn tune(s: &impl AsFd, peer: SocketAddr, has: Inherited) {
+    let s = socket2::SockRef::from(s);
+    if !has.nodelay {
+        let _ = s.set_tcp_nodelay(true);
+    }
+    if !has.reno && canonical(peer.ip()).is_loopback() && default_paces() {
+        let _ = s.set_tcp_congestion(b"reno");
+    }
+}
+
+/// Bounds what a leg may hold in kernel buffers to `bytes` per direction
+/// (see `relay::Limits::buffer`): its receive buffer (SO_RCVBUF) and the
+/// unsent bytes of its send buffer (TCP_NOTSENT_LOWAT). Nothing for 0.
+/// Whether it was set.
+pub(crate) fn bound(s: &impl AsFd, bytes: usize) -> bool {
+    if bytes == 0 {
+        return false;
+    }
+    let s = socket2::SockRef::from(s);
+    // The kernel doubles SO_RCVBUF for its bookkeeping: ask for half.
+    let rcv = s.set_recv_buffer_size(bytes / 2);
+    let lowat = s.set_tcp_notsent_lowat((bytes / 4) as u32);
+    rcv.is_ok() && lowat.is_ok()
 }
 
 /// Whether the host's default congestion control is BBR (read once).

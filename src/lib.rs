@@ -19,6 +19,7 @@
 //! config                       the configuration: a private serde schema
 //!                              checked into the types above use
 //! acl   tls   deadline         destination policy, TLS, the timeout helper
+//!                              and the queue its deadlines wait in
 //! proto                        sans-I/O codecs; imports nothing else
 //!
 //! Only `proto` (for the tests and fuzz targets), `main` and the hidden

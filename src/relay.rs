@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt, future};
 
+use crate::deadline::{At, at};
 use crate::metrics::{Counter, Meter};
 use crate::proto::proxy::{Body, Scan};
 use crate::shutdown::{Shutdown, Stage};
@@ -59,24 +59,15 @@ pub(crate) struct Limits {
     /// kernel's autotuning decides). Bounds the receive buffer of each leg
     /// (SO_RCVBUF), unsent bytes in each send buffer (TCP_NOTSENT_LOWAT)
     /// and what one splice moves into a pipe, so a side that stops reading
-    /// pins at most about this much per direction.
+    /// pins at most about this much per direction. The legs come bounded
+    /// (`dial::bound`: the destination when dialled, the client by its
+    /// listener or at the CONNECT); the relay sizes its splices by it.
     pub buffer: usize,
     /// How long destination-to-client bytes wait, at most, for the
     /// client's first byte (or its end) before they flow; zero: no wait.
     /// Keeps a destination's banner out of the client's read of the
     /// SOCKS5 reply (see `server.banner_hold`).
     pub hold: Duration,
-}
-
-/// Applies [`Limits::buffer`] to one leg.
-fn bound(s: &async_net::TcpStream, bytes: usize) {
-    if bytes == 0 {
-        return;
-    }
-    let r = socket2::SockRef::from(s);
-    // The kernel doubles SO_RCVBUF for its bookkeeping: ask for half.
-    let _ = r.set_recv_buffer_size(bytes / 2);
-    let _ = r.set_tcp_notsent_lowat((bytes / 4) as u32);
 }
 
 /// Once one direction has finished, a blocked write in the other is all
@@ -255,7 +246,7 @@ mod splice {
 
     use std::io::{self, Read, Write};
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::Instant;
 
     use async_io::Async;
@@ -275,6 +266,13 @@ mod splice {
         SpliceFlags::NONBLOCK | SpliceFlags::MOVE
     }
 
+    /// Moves bytes until `from` ends, then passes the FIN on, unless the
+    /// other direction (`done`) has finished already: the relay is over and
+    /// closing both sockets sends that FIN anyway.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one direction's state, passed down once"
+    )]
     pub(super) async fn pump(
         from: Sock,
         to: Sock,
@@ -283,8 +281,13 @@ mod splice {
         stall: &Stall<'_>,
         epoch: Instant,
         chunk: usize,
+        done: &AtomicBool,
     ) -> Result<(), (Side, io::Error)> {
         loop {
+            // Wait first: at the start nothing is usually there yet (the
+            // handshake read what the peer had sent), and after a burst the
+            // socket was drained. Bytes already there make it ready at once.
+            from.readable().await.map_err(|e| (Side::Reader, e))?;
             // Held only while bytes move; an idle direction holds no pipe.
             let pipe = take_pipe().map_err(|e| (Side::Reader, e))?;
             // Move data until the socket has none, then wait for more.
@@ -292,7 +295,9 @@ mod splice {
                 let n = match splice(from.get_ref(), None, &pipe.1, None, chunk, flags()) {
                     Ok(0) => {
                         // EOF: pass the FIN on; the other direction goes on.
-                        let _ = to.get_ref().shutdown(std::net::Shutdown::Write);
+                        if !done.load(Ordering::Relaxed) {
+                            let _ = to.get_ref().shutdown(std::net::Shutdown::Write);
+                        }
                         give_pipe(pipe);
                         count.flush();
                         return Ok(());
@@ -331,7 +336,6 @@ mod splice {
             give_pipe(pipe);
             // Once per wake-up, not per splice: the shared counters.
             count.flush();
-            from.readable().await.map_err(|e| (Side::Reader, e))?;
         }
     }
 
@@ -529,8 +533,6 @@ pub(crate) async fn relay_up_to(
     let (up_stall, down_stall) = (Stall::new(&watch), Stall::new(&watch));
     // Kept to reset both sides if the tunnel is cut short.
     let (client_tcp, dest_tcp) = (client.tcp().clone(), dest.tcp().clone());
-    bound(&client_tcp, t.buffer);
-    bound(&dest_tcp, t.buffer);
     let chunk = match t.buffer {
         0 => splice::CHUNK,
         b => (b / 4).clamp(16 * 1024, splice::CHUNK),
@@ -557,8 +559,18 @@ pub(crate) async fn relay_up_to(
                     &up_stall,
                     epoch,
                     chunk,
+                    &finished,
                 )),
-                Box::pin(splice::pump(d, c, &down, &last, &down_stall, epoch, chunk)),
+                Box::pin(splice::pump(
+                    d,
+                    c,
+                    &down,
+                    &last,
+                    &down_stall,
+                    epoch,
+                    chunk,
+                    &finished,
+                )),
             )
         }
         (client, dest, None) => {
@@ -570,7 +582,7 @@ pub(crate) async fn relay_up_to(
             )
         }
     };
-    let hold = (!t.hold.is_zero()).then(|| (Timer::after(t.hold), &up));
+    let hold = (!t.hold.is_zero()).then(|| (at(Instant::now() + t.hold), &up));
     let both = both_directions(a, b, &finished, &watch, hold);
     let watchdog = watchdog(&watch, &last, &finished, [&up_stall, &down_stall], epoch, t);
     let end = both
@@ -604,7 +616,7 @@ async fn both_directions(
     b: Dir<'_>,
     finished: &AtomicBool,
     watch: &Watch,
-    mut hold: Option<(Timer, &Tally<'_>)>,
+    mut hold: Option<(At, &Tally<'_>)>,
 ) -> End {
     let mut a = pin!(async {
         a.await.map_err(|(side, e)| match side {
@@ -688,10 +700,6 @@ async fn watchdog(
             (epoch.elapsed() + next).as_millis() as u64,
             Ordering::Relaxed,
         );
-        async {
-            Timer::after(next).await;
-        }
-        .or(woken)
-        .await;
+        at(Instant::now() + next).or(woken).await;
     }
 }

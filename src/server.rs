@@ -14,7 +14,7 @@ use futures_lite::{AsyncWriteExt, FutureExt};
 use crate::admission::Handshaking;
 use crate::config::{ReplyAddress, Secret, Server};
 use crate::deadline::timeout;
-use crate::dial::{Asker, DialError, dial};
+use crate::dial::{self, Asker, DialError, Inherited, dial};
 use crate::metrics::{self, Held, Meter};
 use crate::proto::http::{self, HeadError};
 use crate::proto::socks5::{self, Addr, Reply, SocksError};
@@ -275,17 +275,19 @@ impl std::fmt::Display for Waited {
 /// Serves one accepted connection to the end and logs one line: TLS first
 /// when configured, then the handshake, then the relay. `admitted` is its
 /// place in the handshake budget, given up once it has authenticated;
-/// `stop` ends it early when the daemon stops (see [`Stage`]).
+/// `stop` ends it early when the daemon stops (see [`Stage`]); `has` is
+/// what it inherited from its listener.
 pub(crate) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
+    has: Inherited,
     current: Arc<Current>,
     mut admitted: Handshaking,
     stop: Shutdown,
 ) {
     let start = Instant::now();
     let cfg = current.get();
-    crate::dial::tune(&tcp, peer);
+    dial::tune(&tcp, peer, has);
     let deadline = start + cfg.timeouts.handshake;
     let stream = match &cfg.tls {
         None => Stream::Plain(tcp),
@@ -332,7 +334,15 @@ pub(crate) async fn serve(
     ))
     .await
     {
-        Ok(Granted::Tunnel(dest, t)) => Ok(tunnel(c, dest, t, &stop, &mut rec).await),
+        Ok(Granted::Tunnel(dest, t)) => {
+            // The bound in force at the CONNECT, unless the client's leg
+            // has it from its listener (a reload may have changed it
+            // since; one to 0 cannot lift a bound already inherited).
+            if t.buffer != has.buffer {
+                dial::bound(c.stream.tcp(), t.buffer);
+            }
+            Ok(tunnel(c, dest, t, &stop, &mut rec).await)
+        }
         Ok(Granted::Health) => {
             metrics::SERVER.health_checks.inc();
             let mut ok = Vec::new();
@@ -370,9 +380,13 @@ pub(crate) async fn serve(
                 level,
                 "peer={peer} user={user} dst={dest} up=0 down=0 waited={waited} duration={secs:.3}s end=rejected: {why}"
             );
+            // Anything the handshake still owes goes first, in the same
+            // write.
+            let mut last = std::mem::take(&mut c.owed);
+            last.extend_from_slice(&bytes);
             Box::pin(close_gracefully(
                 &mut c.stream,
-                &bytes,
+                &last,
                 Duration::from_secs(2),
             ))
             .await;
@@ -489,7 +503,7 @@ async fn handshake(
     c.deadline = Instant::now() + cfg.timeouts.handshake;
 
     // 4. SOCKS5 greeting: no authentication (the upgrade authenticated).
-    greet(c).await?;
+    greet(c, up.data_with_reply).await?;
 
     // 5. The request.
     let req = c.next(socks5::parse_request, Failure::Request).await?;
@@ -598,9 +612,12 @@ async fn wait_for_frame(
 
 /// Answers with our frame (and the method choice too when the greeting is
 /// already here, as the reference does), then takes the greeting: no
-/// authentication, since the upgrade authenticated.
-async fn greet(c: &mut Conn) -> Result<(), Failure> {
-    let mut out = Vec::with_capacity(16);
+/// authentication, since the upgrade authenticated. To a client that takes
+/// data behind the reply (`together`: ours), whose request is already here
+/// too, frame and choice are owed instead: they may go with the answer to
+/// the request in one write (see [`connect`]).
+async fn greet(c: &mut Conn, together: bool) -> Result<(), Failure> {
+    let mut out = Vec::with_capacity(32);
     out.extend_from_slice(&ws::FRAME);
     if matches!(socks5::parse_greeting(&c.buf), Ok(Parse::Incomplete)) {
         c.send(&out).await?;
@@ -621,6 +638,10 @@ async fn greet(c: &mut Conn) -> Result<(), Failure> {
         return Err(Failure::Greeting(None));
     }
     socks5::write_choice(&mut out, socks5::METHOD_NO_AUTH);
+    if together && matches!(socks5::parse_request(&c.buf), Ok(Parse::Done(..))) {
+        c.owed = out;
+        return Ok(());
+    }
     c.send(&out).await?;
     Ok(())
 }
@@ -628,7 +649,10 @@ async fn greet(c: &mut Conn) -> Result<(), Failure> {
 /// Connects to `addr` and only then answers, under the configuration in
 /// force now: the grant must still hold, and its policy is today's. A name
 /// is looked up in one of this user's lookup slots, so one user's hanging
-/// DNS cannot take them all.
+/// DNS cannot take them all. What the greeting owes goes with the answer
+/// when the connect is done at once (loopback), else out before the wait:
+/// a client bounds its wait for frame and choice more tightly than for the
+/// reply (the agent's `timeouts.connect`).
 async fn connect(
     c: &mut Conn,
     current: &Current,
@@ -641,22 +665,30 @@ async fn connect(
         return Err(Failure::Revoked(true));
     }
     let began = Instant::now();
-    let dest = dial(
+    let mut dialing = std::pin::pin!(dial(
         addr,
         &cfg.acl,
         cfg.timeouts.connect,
         Asker::User(&grant.user),
-    )
-    .await
-    .map_err(Failure::Dial)?;
+        cfg.tunnel_buffer,
+    ));
+    let dialled = match futures_lite::future::poll_once(&mut dialing).await {
+        Some(r) => r,
+        None => {
+            c.pay().await?;
+            dialing.await
+        }
+    };
+    let dest = dialled.map_err(Failure::Dial)?;
     metrics::SERVER.connect.observe(began.elapsed());
     let bound = match cfg.reply_address {
         ReplyAddress::Hidden => SocketAddr::new(socks5::UNSPECIFIED.ip(), addr.port()),
         ReplyAddress::Local => dest.local_addr().unwrap_or(socks5::UNSPECIFIED),
     };
-    // The reply goes in a write of its own; the relay then holds the
-    // destination's first bytes for `banner_hold` unless the client speaks
-    // first or takes data behind the reply.
+    // The reply goes in a write of its own (after frame and choice when
+    // they are owed); the relay then holds the destination's first bytes
+    // for `banner_hold` unless the client speaks first or takes data
+    // behind the reply.
     let mut out = Vec::with_capacity(32);
     socks5::write_reply(&mut out, Reply::Succeeded, &Addr::Ip(bound));
     c.deadline = Instant::now() + cfg.timeouts.handshake;

@@ -4,12 +4,16 @@
 //! did not use for the next stage (spec "Combine Packets").
 
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_io::Async;
+use async_net::TcpStream;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::deadline::timeout;
 use crate::proto::Parse;
+use crate::tls::Stream;
 
 /// Bytes asked for per read; the buffer grows only as parsers need.
 const READ: usize = 2048;
@@ -45,19 +49,52 @@ impl From<io::Error> for Gone {
     }
 }
 
+/// A stream whose readiness can be waited for without reading.
+pub(crate) trait Socket {
+    /// The TCP socket that holds every byte a read would return: none for
+    /// TLS, where rustls may hold bytes the socket no longer shows.
+    fn socket(&self) -> Option<&TcpStream>;
+}
+
+impl Socket for TcpStream {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl Socket for Stream {
+    fn socket(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(_) => None,
+        }
+    }
+}
+
 /// A stream, what was read from it and not used yet, and the deadline.
 pub(crate) struct Wire<S> {
     pub stream: S,
     pub buf: Vec<u8>,
     pub deadline: Instant,
+    /// The socket had nothing more to read when last asked (a read
+    /// returned less than it could take, or the connection is ours and
+    /// the peer speaks only when spoken to): the next read waits for
+    /// readiness first instead of asking again for an EAGAIN. Bytes that
+    /// came meanwhile make the socket ready at once.
+    pub drained: bool,
+    /// Bytes owed to the peer, held back to go out in the same write as
+    /// the next [`send`](Wire::send) (or alone, by [`pay`](Wire::pay)).
+    pub owed: Vec<u8>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+impl<S: AsyncRead + AsyncWrite + Socket + Unpin> Wire<S> {
     pub(crate) fn new(stream: S, deadline: Instant) -> Wire<S> {
         Wire {
             stream,
             buf: Vec::new(),
             deadline,
+            drained: false,
+            owed: Vec::new(),
         }
     }
 
@@ -77,15 +114,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             stream,
             buf,
             deadline,
+            drained,
+            ..
         } = self;
         let len = buf.len();
         buf.resize(len + READ, 0);
         let mut keep = Keep(buf, len);
-        let r = timeout(*deadline, stream.read(&mut keep.0[len..]))
+        let wait = match stream.socket() {
+            Some(s) if *drained => Some(Arc::<Async<std::net::TcpStream>>::from(s.clone())),
+            _ => None,
+        };
+        let read = async {
+            if let Some(s) = &wait {
+                s.readable().await?;
+            }
+            stream.read(&mut keep.0[len..]).await
+        };
+        let r = timeout(*deadline, read)
             .await
             .unwrap_or_else(|late| Err(late.into()));
-        keep.1 = len + *r.as_ref().unwrap_or(&0);
+        let n = *r.as_ref().unwrap_or(&0);
+        keep.1 = len + n;
         drop(keep);
+        *drained = n < READ;
         match r {
             Ok(0) => Err(Gone::Closed),
             Ok(_) => Ok(()),
@@ -111,8 +162,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
     }
 
-    /// Writes `bytes` before the deadline.
+    /// Writes what is owed and `bytes`, in one write, before the deadline.
     pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<(), Gone> {
+        if !self.owed.is_empty() {
+            let mut all = std::mem::take(&mut self.owed);
+            all.extend_from_slice(bytes);
+            return self.write(&all).await;
+        }
+        self.write(bytes).await
+    }
+
+    /// Writes what is owed, if anything.
+    pub(crate) async fn pay(&mut self) -> Result<(), Gone> {
+        match self.owed.is_empty() {
+            true => Ok(()),
+            false => self.send(&[]).await,
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Gone> {
         let stream = &mut self.stream;
         let sent = async {
             stream.write_all(bytes).await?;

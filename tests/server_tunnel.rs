@@ -256,6 +256,45 @@ fn connect_timeout_is_06() {
     d.wait_log(&["connect timed out"]);
 }
 
+/// To our dialect (`data-with-reply`) frame and method choice may wait
+/// for the reply and go in its write, but only when the connect is done at
+/// once: a client bounds its wait for them more tightly than for the reply
+/// (the agent's `timeouts.connect`), so a slow destination gets them out
+/// first, and the reply (here `06`) after the connect timeout.
+#[test]
+fn frame_and_choice_do_not_wait_for_a_slow_connect() {
+    let d = Daemon::server(&server_yaml(&format!(
+        "{ALLOW_LOOPBACK}  timeouts:\n    connect: 2s\n"
+    )));
+    let (_l, _held, a) = blackhole().expect("the accept queue fills on loopback");
+    let mut s = connect(d.addr());
+    let mut req = Vec::new();
+    websocks::proto::http::write_upgrade_request(
+        &mut req,
+        "/",
+        "websocks.test",
+        "dGhlIHNhbXBsZSBub25jZQ==",
+        &authorization(USER, PASS, 0),
+        &[websocks::proto::ws::DATA_WITH_REPLY],
+    );
+    s.write_all(&req).unwrap();
+    let (h, rest) = read_head(&mut s);
+    assert_eq!(h.second, "101");
+    let t = Instant::now();
+    s.write_all(&socks_preamble(&Addr::Ip(a))).unwrap();
+    let got = read_exact_after(&mut s, rest, 12);
+    assert_eq!(got[10..], [5, 0]);
+    let early = t.elapsed();
+    assert!(early < Duration::from_millis(1000), "{early:?}");
+    let reply = read_exact_after(&mut s, got[12..].to_vec(), 10);
+    assert_eq!(reply[..2], [5, 6]);
+    assert!(
+        t.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn idle_timeout_closes_quiet_tunnels() {
     let d = Daemon::server(&server_yaml(&format!(

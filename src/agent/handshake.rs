@@ -55,6 +55,33 @@ fn now_ms() -> u64 {
 /// conforming one).
 pub(crate) type Upgraded = Wire<Stream>;
 
+/// A fresh 16-byte nonce for `Sec-WebSocket-Key` (RFC 6455 section 4.1:
+/// random, new for each connection): SHA-256 of a 32-byte seed drawn from
+/// the OS once and a counter, so a connection costs no getrandom(2).
+fn nonce() -> Result<[u8; 16], getrandom::Error> {
+    use sha2::{Digest, Sha256};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEED: OnceLock<[u8; 32]> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let seed = match SEED.get() {
+        Some(s) => s,
+        None => {
+            let mut s = [0u8; 32];
+            getrandom::fill(&mut s)?;
+            SEED.get_or_init(|| s)
+        }
+    };
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    let h = Sha256::new()
+        .chain_update(seed)
+        .chain_update(n.to_le_bytes())
+        .finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h[..16]);
+    Ok(out)
+}
+
 /// Reads the server's next `what`, named in the error.
 async fn read<T, E: std::fmt::Debug>(
     c: &mut Upgraded,
@@ -103,7 +130,7 @@ pub(crate) async fn upgrade(
     // The same connect as everywhere: every resolved address in turn,
     // each with its share of the deadline, TCP_NODELAY set.
     let target = Addr::Domain(url.host.as_bytes().to_vec(), url.port);
-    let tcp = crate::dial::dial(&target, &Acl::any(), limit, Asker::Agent)
+    let tcp = crate::dial::dial(&target, &Acl::any(), limit, Asker::Agent, 0)
         .await
         .map_err(|e| match e {
             // The deadline passing during the lookup is still a timeout
@@ -121,9 +148,10 @@ pub(crate) async fn upgrade(
             .map_err(|e| UpError::Connect(io::Error::new(e.kind(), format!("TLS: {e}"))))?,
     };
     let mut c = Upgraded::new(stream, deadline);
-    let mut raw = [0u8; 16];
-    getrandom::fill(&mut raw).map_err(|e| UpError::Connect(io::Error::other(e.to_string())))?;
-    let key = ws::key_from(raw);
+    // Nothing comes before our request: its answer is waited for, not
+    // asked for first.
+    c.drained = true;
+    let key = ws::key_from(nonce().map_err(|e| UpError::Connect(io::Error::other(e.to_string())))?);
     let authz = auth::authorization(
         &server.user,
         server.digest.expose(),
@@ -238,4 +266,16 @@ pub(crate) async fn answers(
         stream: c.stream,
         early: c.buf,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonces_differ() {
+        let all: std::collections::HashSet<[u8; 16]> =
+            (0..1000).map(|_| nonce().unwrap()).collect();
+        assert_eq!(all.len(), 1000);
+    }
 }

@@ -23,10 +23,10 @@ use crate::acl::Acl;
 use crate::config::agent::{Action, Agent};
 use crate::dial::{self, DialError};
 use crate::metrics;
-use crate::proto::auth;
 use crate::proto::http::{self, HeadError};
 use crate::proto::proxy::{self, Body, Framing, FramingError, ProxyError, ProxyRequest, Scan};
 use crate::proto::socks5::{self, Addr, Reply, SocksError};
+use crate::proto::{Parse, auth};
 use crate::relay;
 use crate::shutdown::Shutdown;
 use crate::tls::Stream;
@@ -140,7 +140,7 @@ async fn reach_as_routed(st: &State, dest: &Addr, route: &mut String) -> Result<
         }
         Action::Direct => {
             *route = "direct".into();
-            let remote = dial::dial(dest, &Acl::any(), timeout, dial::Asker::Agent)
+            let remote = dial::dial(dest, &Acl::any(), timeout, dial::Asker::Agent, 0)
                 .await
                 .map_err(Refusal::Direct)?;
             let bound = Addr::Ip(remote.local_addr().unwrap_or(socks5::UNSPECIFIED));
@@ -315,16 +315,18 @@ impl From<Gone> for Reject {
 }
 
 /// Serves one accepted local connection to the end and logs one line; its
-/// relay is cut when `stop` says so.
+/// relay is cut when `stop` says so. `has` is what it inherited from its
+/// listener.
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
+    has: dial::Inherited,
     kind: Kind,
     st: Arc<State>,
     stop: Shutdown,
 ) {
     let start = Instant::now();
-    crate::dial::tune(&stream, peer);
+    dial::tune(&stream, peer, has);
     let mut local = Local::new(stream.clone(), start + st.cfg.timeouts.handshake);
     let kind = match kind {
         Kind::Mixed => match local.more().await {
@@ -343,8 +345,9 @@ pub(crate) async fn serve(
     // The handshake's state is boxed and freed before the relay, so an idle
     // tunnel's task stays small.
     // A tunnel cut short resets the client (set in the relay): no
-    // graceful FIN after it, or the cut would look like a clean end.
-    let mut truncated = false;
+    // graceful FIN after it, or the cut would look like a clean end. One
+    // that closed both ways has nothing left to say or hear.
+    let mut over = false;
     let opened = match kind {
         Kind::Socks5 => Box::pin(socks_session(&mut local, &st, &mut dest, &mut route)).await,
         _ => Box::pin(http_session(&mut local, &st, &mut dest, &mut route)).await,
@@ -392,7 +395,7 @@ pub(crate) async fn serve(
             let t = finish(&mut local, r, limits, to_remote, framing, &stop).await;
             drop(tunnel);
             metrics::AGENT.ended.at(t.end.label()).inc();
-            truncated = t.end.truncated();
+            over = t.end.truncated() || t.end == relay::End::Closed;
             let secs = start.elapsed().as_secs_f64();
             log::info!(
                 "agent peer={peer} via={via} dst={dst} route={route} up={} down={} duration={secs:.3}s end={}",
@@ -418,7 +421,7 @@ pub(crate) async fn serve(
             }
         }
     }
-    if truncated {
+    if over {
         return;
     }
     let mut stream = stream;
@@ -532,7 +535,14 @@ async fn socks_session(
     }
     let mut out = Vec::new();
     socks5::write_choice(&mut out, method);
-    local.send(&out).await?;
+    if st.cfg.users.is_none() && matches!(socks5::parse_request(&local.buf), Ok(Parse::Done(..))) {
+        // A client that sent its request with its greeting waits for the
+        // reply, not the choice: the choice goes in the reply's write (or
+        // the refusal's).
+        local.owed = std::mem::take(&mut out);
+    } else {
+        local.send(&out).await?;
+    }
     if let Some(users) = &st.cfg.users {
         let up = local
             .next(socks5::parse_user_pass, |_| Reject::BadLogin)
