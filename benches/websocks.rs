@@ -987,6 +987,31 @@ impl Report {
         clippy::needless_pass_by_value,
         reason = "each call site hands over a fresh result"
     )]
+    /// A CPU-per-byte row: `ns` (or "error" when the transfer failed),
+    /// next to `against` when there is a figure to compare with.
+    fn cpu(
+        &mut self,
+        name: &str,
+        ok: bool,
+        ns: f64,
+        against: Option<f64>,
+        target: &str,
+        pass: Option<bool>,
+    ) {
+        self.row(
+            name,
+            if ok {
+                format!("{ns:.3}")
+            } else {
+                "error".into()
+            },
+            against.map_or_else(|| "-".into(), |a| format!("{a:.3}")),
+            against.map_or_else(|| "-".into(), |a| format!("{:.2}x", ns / a.max(1e-9))),
+            target,
+            pass.map(|p| ok && p),
+        );
+    }
+
     fn throughput(
         &mut self,
         name: &str,
@@ -1212,17 +1237,13 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
     let (cpu_ns, direct_ns) = (ns_per_byte(ticks), ns_per_byte(direct_ticks));
     // The direct column: what both ends of the direct transfers (source and
     // client, this process) used per byte, for scale.
-    rep.row(
+    rep.cpu(
         "CPU agent+server, down (ns/byte)",
-        if t.is_ok() {
-            format!("{cpu_ns:.3}")
-        } else {
-            "error".into()
-        },
-        format!("{direct_ns:.3}"),
-        format!("{:.2}x", cpu_ns / direct_ns.max(1e-9)),
+        t.is_ok(),
+        cpu_ns,
+        Some(direct_ns),
         "<= 0.15",
-        Some(t.is_ok() && cpu_ns <= 0.15),
+        Some(cpu_ns <= 0.15),
     );
     let (t, d, _, _) = pair(Dir::Up, 1, bulk, via, dests, reps, &agent_server_ticks);
     rep.throughput("single-stream up (MiB/s)", t, d, Some(0.80));
@@ -1235,17 +1256,13 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
     // The same bytes in 8 streams against one: how much more each byte
     // costs the daemons when streams share their thread.
     let cpu8 = ns_per_byte(ticks);
-    rep.row(
+    rep.cpu(
         "CPU agent+server, 8 streams down (ns/byte)",
-        if t.is_ok() {
-            format!("{cpu8:.3}")
-        } else {
-            "error".into()
-        },
-        format!("{cpu_ns:.3}"),
-        format!("{:.2}x", cpu8 / cpu_ns.max(1e-9)),
+        t.is_ok(),
+        cpu8,
+        Some(cpu_ns),
         "<= 1.3x 1 stream",
-        Some(t.is_ok() && cpu8 <= 1.3 * cpu_ns),
+        Some(cpu8 <= 1.3 * cpu_ns),
     );
     let (t, d, _, _) = pair(Dir::Up, 8, bulk, via, dests, reps, &agent_server_ticks);
     rep.throughput("8 streams up (MiB/s)", t, d, Some(0.60));
@@ -1275,15 +1292,11 @@ fn bulk_phase(rep: &mut Report, o: &Opts, dests: &Dests) {
         None,
     );
     let cpu_ns = ns_per_byte(ticks);
-    rep.row(
+    rep.cpu(
         "CPU bare relays, down (ns/byte)",
-        if t.is_ok() {
-            format!("{cpu_ns:.3}")
-        } else {
-            "error".into()
-        },
-        "-".into(),
-        "-".into(),
+        t.is_ok(),
+        cpu_ns,
+        None,
         "",
         None,
     );
