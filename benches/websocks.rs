@@ -982,11 +982,6 @@ impl Report {
         self.notes.push(n);
     }
 
-    /// A throughput pair; `min_ratio` is the target, if any.
-    #[allow(
-        clippy::needless_pass_by_value,
-        reason = "each call site hands over a fresh result"
-    )]
     /// A CPU-per-byte row: `ns` (or "error" when the transfer failed),
     /// next to `against` when there is a figure to compare with.
     fn cpu(
@@ -1012,6 +1007,11 @@ impl Report {
         );
     }
 
+    /// A throughput pair; `min_ratio` is the target, if any.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "each call site hands over a fresh result"
+    )]
     fn throughput(
         &mut self,
         name: &str,
