@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::agent::{dial, wait_until};
+use common::agent::{socks_open, wait_until};
 use common::*;
 use websocks::proto::socks5::Addr;
 use websocks::proto::{Parse, http, socks5, ws};
@@ -140,12 +140,8 @@ fn agent_for(server: SocketAddr) -> Daemon {
 
 /// One echo round trip through the agent.
 fn echo_through(proxy: SocketAddr, echo: SocketAddr, text: &[u8]) {
-    let mut s = dial(proxy);
-    s.write_all(&socks_request(&Addr::Ip(echo))).unwrap();
-    assert_eq!(read_exact_after(&mut s, Vec::new(), 2), [5, 0]);
-    let (reply, rest) = read_socks_reply(&mut s, Vec::new());
-    assert_eq!(reply.rep, 0);
-    assert!(rest.is_empty());
+    let (rep, mut s) = socks_open(proxy, &Addr::Ip(echo), b"");
+    assert_eq!(rep, 0);
     s.write_all(text).unwrap();
     assert_eq!(read_exact_after(&mut s, Vec::new(), text.len()), text);
 }

@@ -10,7 +10,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::agent::{dial, server_entry, wait_until};
+use common::agent::{dial, server_entry, socks_open, wait_until};
 use common::*;
 use websocks::proto::socks5::Addr;
 
@@ -54,9 +54,16 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap()
 }
 
-/// How each series named in `series` moved from `before` to `after`.
+/// How the series written `series` moved from `before` to `after`.
 fn moved(before: &str, after: &str, series: &str) -> f64 {
     value(after, series) - value(before, series)
+}
+
+/// Asserts each of `series` moved by exactly `by`.
+fn assert_moved(before: &str, after: &str, by: f64, series: &[&str]) {
+    for s in series {
+        assert_eq!(moved(before, after, s), by, "{s}:\n{after}");
+    }
 }
 
 /// Runs `promtool check metrics` on `text`; false when promtool is
@@ -138,17 +145,21 @@ fn server_figures_follow_traffic_and_pass_promtool() {
     d.wait_log(&["end=rejected: connect failed: Connection refused"]);
 
     let after = scrape(m);
-    let one = |series: &str| {
-        assert_eq!(moved(&before, &after, series), 1.0, "{series}:\n{after}");
-    };
-    one("websocks_server_connections_ended_total{end=\"closed\"}");
-    one("websocks_server_auth_failures_total{reason=\"bad_credential\"}");
-    one("websocks_server_rejections_total{reason=\"unauthorized\"}");
-    one("websocks_server_dial_errors_total{reply=\"05\"}");
-    one("websocks_server_rejections_total{reason=\"dial\"}");
-    one("websocks_server_connect_duration_seconds_count");
-    one("websocks_server_user_tunnels_total{user=\"alice\"}");
-    one("websocks_server_user_auth_failures_total{user=\"alice\"}");
+    assert_moved(
+        &before,
+        &after,
+        1.0,
+        &[
+            "websocks_server_connections_ended_total{end=\"closed\"}",
+            "websocks_server_auth_failures_total{reason=\"bad_credential\"}",
+            "websocks_server_rejections_total{reason=\"unauthorized\"}",
+            "websocks_server_dial_errors_total{reply=\"05\"}",
+            "websocks_server_rejections_total{reason=\"dial\"}",
+            "websocks_server_connect_duration_seconds_count",
+            "websocks_server_user_tunnels_total{user=\"alice\"}",
+            "websocks_server_user_auth_failures_total{user=\"alice\"}",
+        ],
+    );
     assert_eq!(
         moved(
             &before,
@@ -360,12 +371,8 @@ fn agent_figures_follow_traffic_and_pass_promtool() {
         ) >= 1.0
     );
     // Proxied, with bytes.
-    let mut s = dial(proxy);
-    s.write_all(&socks_request(&Addr::Ip(echo))).unwrap();
-    assert_eq!(read_exact_after(&mut s, Vec::new(), 2), [5, 0]);
-    let (reply, rest) = read_socks_reply(&mut s, Vec::new());
-    assert_eq!(reply.rep, 0);
-    assert!(rest.is_empty());
+    let (rep, mut s) = socks_open(proxy, &Addr::Ip(echo), b"");
+    assert_eq!(rep, 0);
     s.write_all(b"ping").unwrap();
     assert_eq!(read_exact_after(&mut s, Vec::new(), 4), b"ping");
     s.shutdown(Shutdown::Write).unwrap();
@@ -373,22 +380,22 @@ fn agent_figures_follow_traffic_and_pass_promtool() {
     drop(s);
     a.wait_log(&["route=proxy:default", "end=closed"]);
     // Rejected by rule.
-    let mut s = dial(proxy);
-    s.write_all(&socks_request(&Addr::Ip(refused))).unwrap();
-    assert_eq!(read_exact_after(&mut s, Vec::new(), 2), [5, 0]);
-    assert_eq!(read_socks_reply(&mut s, Vec::new()).0.rep, 2);
-    drop(s);
+    assert_eq!(socks_open(proxy, &Addr::Ip(refused), b"").0, 2);
     a.wait_log(&["route=reject"]);
     let after = scrape(m);
-    let one = |series: &str| {
-        assert_eq!(moved(&before, &after, series), 1.0, "{series}:\n{after}");
-    };
-    one("websocks_agent_routes_total{action=\"proxy\"}");
-    one("websocks_agent_routes_total{action=\"reject\"}");
-    one("websocks_agent_connections_ended_total{end=\"closed\"}");
-    one("websocks_agent_connections_ended_total{end=\"rejected\"}");
-    one("websocks_agent_server_tunnels_total{server=\"s\"}");
-    one("websocks_agent_connect_duration_seconds_count");
+    assert_moved(
+        &before,
+        &after,
+        1.0,
+        &[
+            "websocks_agent_routes_total{action=\"proxy\"}",
+            "websocks_agent_routes_total{action=\"reject\"}",
+            "websocks_agent_connections_ended_total{end=\"closed\"}",
+            "websocks_agent_connections_ended_total{end=\"rejected\"}",
+            "websocks_agent_server_tunnels_total{server=\"s\"}",
+            "websocks_agent_connect_duration_seconds_count",
+        ],
+    );
     assert_eq!(
         moved(
             &before,
