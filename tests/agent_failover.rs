@@ -247,6 +247,43 @@ fn dead_pooled_connections_are_replaced_invisibly() {
     );
 }
 
+/// A pooled connection that its server closed is passed over when taken,
+/// at no cost: the agent watches each one from when it is pooled (a
+/// readiness interest left armed, no system call per tunnel), so the
+/// tunnel goes out on a fresh connection at once instead of failing on the
+/// dead one first ("was dead" in the log, a round trip lost).
+#[test]
+fn closed_pooled_connections_are_passed_over_without_a_try() {
+    let server = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
+    let t = Toggle::new(server.addr());
+    let d = agent(
+        &format!(
+            "{}  servers:\n{}  pool: {{size: 4, keepalive: 60s}}\n  health: {{interval: 60s}}\n",
+            all_listeners(),
+            server_entry("a", t.addr, PASS)
+        ),
+        3,
+    );
+    for round in 0..3 {
+        wait_until(Duration::from_secs(5), "a full pool", || {
+            t.st.lock().unwrap().conns.len() >= 4
+        });
+        thread::sleep(Duration::from_millis(100));
+        // Every pooled connection closed under the agent, as a restarting
+        // server or a proxy's idle timeout closes them.
+        t.kill_existing();
+        thread::sleep(Duration::from_millis(200));
+        for i in 0..3 {
+            socks_echo_ok(d.addrs[0], &pattern(100, round * 3 + i));
+        }
+    }
+    let log = d.log.lock().unwrap();
+    assert!(
+        !log.iter().any(|l| l.contains("was dead") || l.contains("is down")),
+        "{log:#?}"
+    );
+}
+
 /// With the agent's connect timeout equal to the server's (both default to
 /// 10 s), a destination that never answers must still be the server's
 /// result (06), not a server failure: no server marked down, no failover

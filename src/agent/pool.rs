@@ -3,12 +3,14 @@
 //! spec's PONG (`8A 00`) before their frame is sent; the dead are swept out.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
-use futures_lite::{AsyncReadExt, future};
+use async_io::{Async, Timer};
+use futures_lite::{AsyncRead, future};
 use smol::channel::{Receiver, Sender};
 
 use super::handshake::{self, Tunnel, UpError, Upgraded, answers, open, request};
@@ -27,11 +29,28 @@ struct Pooled {
 
 /// Is a pooled connection still open? A conforming server sends nothing
 /// before our frame, so anything readable (data, EOF, error) means dead.
+///
+/// The first look registers interest in the socket's readability with the
+/// reactor (one `epoll_ctl`, which the tunnel's wait for the server's
+/// answer then reuses) and leaves it armed: until the reactor reports an
+/// event, nothing arrived and the connection is taken as open without a
+/// system call. Only after an event does it read, as a TLS session ticket
+/// is an event but no data (rustls consumes it and the read blocks). So
+/// the pool calls this as a connection enters it, and a server's close is
+/// noticed from then on at no cost per tunnel. A close that the reactor
+/// has not reported yet is missed; the tunnel then fails on it before any
+/// byte of the client's went out, and [`super::group::Group::open`] retries
+/// on a fresh connection.
 fn still_open(s: &mut Stream) -> bool {
-    // A read that would block means nothing arrived: alive. TLS records
-    // without data (session tickets) are consumed by rustls and block too.
+    let mut cx = Context::from_waker(Waker::noop());
+    let tcp = Arc::<Async<std::net::TcpStream>>::from(s.tcp().clone());
+    if tcp.poll_readable(&mut cx).is_pending() {
+        return true;
+    }
+    // A read that would block means nothing arrived: alive (and interest
+    // is armed again, for the next look).
     let mut b = [0u8; 1];
-    future::block_on(future::poll_once(s.read(&mut b))).is_none()
+    Pin::new(s).poll_read(&mut cx, &mut b).is_pending()
 }
 
 /// Recent takes from the pool (hits and misses), for its size: the pool
@@ -236,8 +255,11 @@ impl Upstream {
                 {
                     *slot = None;
                     match r {
-                        Ok(up) => {
+                        Ok(mut up) => {
                             self.set_health(true, "");
+                            // Registers the watch for the server's close
+                            // (see `still_open`); just upgraded, it is open.
+                            still_open(&mut up.stream);
                             self.pool
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
