@@ -34,7 +34,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -229,8 +229,29 @@ struct Relay {
     next_id: u64,
     target: SocketAddr,
     link: Link,
-    /// Every read lands here first.
-    buf: Vec<u8>,
+    buffers: Buffers,
+}
+
+/// Read buffers of one read's size, reused: a read lands in one, which
+/// becomes the chunk (a short read is copied out and the buffer kept).
+struct Buffers {
+    size: usize,
+    free: Vec<Vec<u8>>,
+}
+
+impl Buffers {
+    fn take(&mut self) -> Vec<u8> {
+        self.free
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.size))
+    }
+
+    fn give(&mut self, mut b: Vec<u8>) {
+        if b.capacity() >= self.size && self.free.len() < 16 {
+            b.clear();
+            self.free.push(b);
+        }
+    }
 }
 
 /// Serves `l`: each connection is carried to `target` across `link`, all
@@ -262,7 +283,10 @@ impl Relay {
             next_id: 0,
             target,
             link,
-            buf: vec![0; link.read_size()],
+            buffers: Buffers {
+                size: link.read_size(),
+                free: Vec::new(),
+            },
         })
     }
 
@@ -466,7 +490,7 @@ impl Relay {
             if flags.intersects(EventFlags::IN | EventFlags::ERR | EventFlags::HUP)
                 && c.reads(leg, limit)
                 && let Some(from) = &c.legs[leg]
-                && intake(from, &mut c.dirs[leg], &mut self.buf, delay)
+                && intake(from, &mut c.dirs[leg], &mut self.buffers, delay)
             {
                 self.queued += 1;
             }
@@ -490,7 +514,7 @@ impl Relay {
             let before = c.chunks();
             for d in [CLIENT, SERVER] {
                 if let (Some(to), dir) = (&c.legs[1 - d], &mut c.dirs[d])
-                    && let Some(at) = release(to, dir)
+                    && let Some(at) = release(to, dir, &mut self.buffers)
                 {
                     timers.push((at, d));
                 }
@@ -539,24 +563,30 @@ impl Relay {
 /// the other end: one `delay` after it has left the bucket, never sent
 /// before `not_before`. EOF, or an error taken as one, queues the end.
 /// False if there was nothing to read.
-fn intake(mut from: &TcpStream, dir: &mut Dir, buf: &mut [u8], delay: Duration) -> bool {
-    let n = match from.read(buf) {
-        Ok(n) => n,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) =>
-        {
+fn intake(from: &TcpStream, dir: &mut Dir, buffers: &mut Buffers, delay: Duration) -> bool {
+    let mut b = buffers.take();
+    match rustix::io::read(from, spare_capacity(&mut b)) {
+        Ok(_) => {}
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {
+            buffers.give(b);
             return false;
         }
-        Err(_) => 0,
+        // Taken as EOF.
+        Err(_) => b.clear(),
+    }
+    let n = b.len();
+    let bytes = if n < buffers.size / 8 {
+        let small = b.clone();
+        buffers.give(b);
+        small
+    } else {
+        b
     };
     let sent = Instant::now().max(dir.not_before);
     let left = dir.bucket.as_mut().map_or(sent, |b| b.take(n, sent));
     dir.queue.push_back(Chunk {
         due: left + delay,
-        bytes: buf[..n].to_vec(),
+        bytes,
     });
     dir.held += n;
     dir.read_all = n == 0;
@@ -566,7 +596,7 @@ fn intake(mut from: &TcpStream, dir: &mut Dir, buf: &mut [u8], delay: Duration) 
 /// Writes to `to` what `dir` holds that is due, passing the FIN on after
 /// the last chunk; returns when the next chunk is due if it needs a timer
 /// not yet set.
-fn release(mut to: &TcpStream, dir: &mut Dir) -> Option<Instant> {
+fn release(mut to: &TcpStream, dir: &mut Dir, buffers: &mut Buffers) -> Option<Instant> {
     if dir.done {
         return None;
     }
@@ -590,7 +620,9 @@ fn release(mut to: &TcpStream, dir: &mut Dir) -> Option<Instant> {
                 if dir.written == c.bytes.len() {
                     dir.held -= c.bytes.len();
                     dir.written = 0;
-                    dir.queue.pop_front();
+                    if let Some(c) = dir.queue.pop_front() {
+                        buffers.give(c.bytes);
+                    }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => dir.blocked = true,
