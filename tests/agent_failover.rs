@@ -279,7 +279,8 @@ fn closed_pooled_connections_are_passed_over_without_a_try() {
     }
     let log = d.log.lock().unwrap();
     assert!(
-        !log.iter().any(|l| l.contains("was dead") || l.contains("is down")),
+        !log.iter()
+            .any(|l| l.contains("was dead") || l.contains("is down")),
         "{log:#?}"
     );
 }
