@@ -1644,19 +1644,22 @@ fn connect_reply(agent: SocketAddr, dest: SocketAddr) -> io::Result<Duration> {
     Ok(t.elapsed())
 }
 
-/// [`BURST`] connections to `agent`, then their CONNECTs at once: each
-/// one's time to its reply.
-fn burst(agent: SocketAddr, dest: SocketAddr) -> Vec<io::Result<Duration>> {
+/// [`BURST`] threads, each of which runs `before`, waits for all the
+/// others, then runs `timed` on what `before` gave: each one's time of
+/// `timed`.
+fn at_once<S: 'static>(
+    before: impl Fn() -> S + Clone + Send + 'static,
+    timed: impl Fn(S) -> io::Result<()> + Clone + Send + 'static,
+) -> Vec<io::Result<Duration>> {
     let go = Arc::new(Barrier::new(BURST));
     let hs: Vec<_> = (0..BURST)
         .map(|_| {
-            let go = go.clone();
+            let (go, before, timed) = (go.clone(), before.clone(), timed.clone());
             thread::spawn(move || {
-                let s = common::try_connect(agent, IO_TIMEOUT);
+                let s = before();
                 go.wait();
-                let mut s = s?;
                 let t = Instant::now();
-                socks_connect(&mut s, dest)?;
+                timed(s)?;
                 Ok(t.elapsed())
             })
         })
@@ -1669,28 +1672,22 @@ fn burst(agent: SocketAddr, dest: SocketAddr) -> Vec<io::Result<Duration>> {
         .collect()
 }
 
+/// [`BURST`] connections to `agent`, then their CONNECTs at once: each
+/// one's time to its reply.
+fn burst(agent: SocketAddr, dest: SocketAddr) -> Vec<io::Result<Duration>> {
+    at_once(
+        move || common::try_connect(agent, IO_TIMEOUT),
+        move |s| socks_connect(&mut s?, dest),
+    )
+}
+
 /// [`BURST`] connects across a delay relay straight to the echo at once:
 /// each one's time to its first echo.
 fn relay_burst(relay: SocketAddr) -> Vec<io::Result<Duration>> {
-    let go = Arc::new(Barrier::new(BURST));
-    let hs: Vec<_> = (0..BURST)
-        .map(|_| {
-            let go = go.clone();
-            thread::spawn(move || {
-                go.wait();
-                let t = Instant::now();
-                let mut s = common::try_connect(relay, IO_TIMEOUT)?;
-                echo_byte(&mut s)?;
-                Ok(t.elapsed())
-            })
-        })
-        .collect();
-    hs.into_iter()
-        .map(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(err("client thread panicked")))
-        })
-        .collect()
+    at_once(
+        || (),
+        move |()| echo_byte(&mut common::try_connect(relay, IO_TIMEOUT)?),
+    )
 }
 
 /// Across a delay relay straight to the echo: the time of the connect and
