@@ -120,6 +120,23 @@ fn toggle_up(mut c: TcpStream, mut s: TcpStream, epoch: u64, st: &Mutex<ToggleSt
     let _ = s.shutdown(Shutdown::Write);
 }
 
+/// Our server behind a [`Toggle`], and an agent (3 listeners) whose one
+/// server, `a`, is reached through the toggle; `settings` are the agent's
+/// lines after `servers` (pool, health).
+fn through_toggle(settings: &str) -> (Daemon, Toggle, Daemon) {
+    let server = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
+    let t = Toggle::new(server.addr());
+    let d = agent(
+        &format!(
+            "{}  servers:\n{}{settings}",
+            all_listeners(),
+            server_entry("a", t.addr, PASS)
+        ),
+        3,
+    );
+    (server, t, d)
+}
+
 #[test]
 fn failover_to_the_next_server_of_a_group() {
     let server = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
@@ -161,16 +178,8 @@ fn failover_to_the_next_server_of_a_group() {
 
 #[test]
 fn health_checks_notice_down_and_up_again() {
-    let server = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
-    let t = Toggle::new(server.addr());
-    let d = agent(
-        &format!(
-            "{}  servers:\n{}  pool: {{size: 0}}\n  health: {{interval: 300ms, timeout: 1s}}\n",
-            all_listeners(),
-            server_entry("a", t.addr, PASS)
-        ),
-        3,
-    );
+    let (_server, t, d) =
+        through_toggle("  pool: {size: 0}\n  health: {interval: 300ms, timeout: 1s}\n");
     let peer = socks_echo_ok(d.addrs[0], b"before");
     assert!(line_of(&d, peer).contains("server=a"));
 
@@ -192,16 +201,8 @@ fn health_checks_notice_down_and_up_again() {
 
 #[test]
 fn dead_pooled_connections_are_replaced_invisibly() {
-    let server = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
-    let t = Toggle::new(server.addr());
-    let d = agent(
-        &format!(
-            "{}  servers:\n{}  pool: {{size: 2, keepalive: 300ms}}\n  health: {{interval: 30s}}\n",
-            all_listeners(),
-            server_entry("a", t.addr, PASS)
-        ),
-        3,
-    );
+    let (_server, t, d) =
+        through_toggle("  pool: {size: 2, keepalive: 300ms}\n  health: {interval: 30s}\n");
     // Both pooled connections send their PONG keepalive...
     wait_until(
         Duration::from_secs(3),
@@ -254,16 +255,8 @@ fn dead_pooled_connections_are_replaced_invisibly() {
 /// dead one first ("was dead" in the log, a round trip lost).
 #[test]
 fn closed_pooled_connections_are_passed_over_without_a_try() {
-    let server = Daemon::server(&server_yaml(ALLOW_LOOPBACK));
-    let t = Toggle::new(server.addr());
-    let d = agent(
-        &format!(
-            "{}  servers:\n{}  pool: {{size: 4, keepalive: 60s}}\n  health: {{interval: 60s}}\n",
-            all_listeners(),
-            server_entry("a", t.addr, PASS)
-        ),
-        3,
-    );
+    let (_server, t, d) =
+        through_toggle("  pool: {size: 4, keepalive: 60s}\n  health: {interval: 60s}\n");
     for round in 0..3 {
         wait_until(Duration::from_secs(5), "a full pool", || {
             t.st.lock().unwrap().conns.len() >= 4
